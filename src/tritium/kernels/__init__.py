@@ -1,0 +1,1 @@
+"""Triton kernels and their launchers. Autograd and dispatch live in ``tritium.ops``."""

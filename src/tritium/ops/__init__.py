@@ -1,0 +1,1 @@
+"""The PyTorch face of tritium's kernels: dispatch, autograd, custom ops, references."""
