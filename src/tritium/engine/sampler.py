@@ -42,6 +42,7 @@ __all__ = [
     "SamplingMetadata",
     "apply_filters",
     "apply_penalties",
+    "exponential_from_bits",
     "gumbel_noise",
     "random_bits",
     "sequence_seed",
@@ -131,15 +132,21 @@ def random_bits(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> to
     return _mix32(x)
 
 
-def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``-log E`` with ``E ~ Exp(1)``, i.e. Gumbel noise, per (row, token). (N, V) float32.
+def exponential_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """32 random bits -> ``E ~ Exp(1)`` in float32, same shape.
 
     ``u = (bits + 0.5) / 2**32`` in (0, 1) (capped below 1 in float32), ``E = -log1p(-u)``:
-    small E, the ones that let unlikely tokens win, keep the full 32-bit resolution.
+    small E, the ones that let unlikely tokens win, keep the full 32-bit resolution (the
+    smallest is 2**-33); the largest is ~16.6, cutting off a tail of mass 2**-24.
     """
-    u = (random_bits(seeds, steps, vocab_size).float() + 0.5) * 2.0**-32
+    u = (bits.float() + 0.5) * 2.0**-32
     u = u.clamp_(max=1.0 - 2.0**-24)  # float32 rounding of bits near 2**32 would give 1.0
-    return torch.log1p(-u).neg_().log_().neg_()
+    return torch.log1p(-u).neg_()
+
+
+def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``-log E`` with ``E ~ Exp(1)``, i.e. Gumbel noise, per (row, token). (N, V) float32."""
+    return exponential_from_bits(random_bits(seeds, steps, vocab_size)).log_().neg_()
 
 
 # -- logits processing -----------------------------------------------------------------------
