@@ -1,0 +1,277 @@
+"""``tritium`` command line: ``generate`` and ``chat`` (``serve``, ``bench`` plug in the same way).
+
+Each subcommand is one ``add_<name>_command(subparsers)`` function that registers its parser
+and sets ``func``; adding a command is one function plus one entry in ``COMMANDS``.
+The completion goes to stdout, everything else (progress, timings, errors) to stderr. A user's
+mistake prints one line ``tritium: error: ...`` and exits with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake in the command line or its inputs: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage block), as every other error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# -- flag types: one clear message per bad value ------------------------------------------
+
+def _int_at_least_1(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _temperature(text: str) -> float:
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _top_p(text: str) -> float:
+    value = _float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+# -- shared flag groups --------------------------------------------------------------------
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model / --device / --dtype, shared by every command that loads a model."""
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="GGUF file or Hugging Face folder "
+                   "(default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                   help="default: cuda when available, else cpu")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="default: float32 on cpu, bfloat16 on cuda")
+
+
+def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float) -> None:
+    p.add_argument("--max-tokens", type=_int_at_least_1, default=256, metavar="N",
+                   help="most tokens to generate (default: 256)")
+    p.add_argument("--temperature", type=_temperature, default=temperature, metavar="T",
+                   help=f"0 = greedy (default: {temperature})")
+    p.add_argument("--top-p", type=_top_p, default=1.0, metavar="P",
+                   help="nucleus sampling mass in (0, 1] (default: 1.0)")
+    p.add_argument("--seed", type=_seed, default=None, metavar="S",
+                   help="random seed for sampling (default: none)")
+
+
+def _info(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def load_for_cli(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """Load the model named by --model/--device/--dtype, with a timing line on stderr."""
+    import torch
+
+    from tritium.models import load_model
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but CUDA is not available on this machine")
+    t0 = time.perf_counter()
+    model, tokenizer, config = load_model(args.model, device=args.device, dtype=args.dtype)
+    w = model.model.embed_tokens.weight
+    _info(f"[tritium] loaded {args.model or 'SmolLM2-135M-Instruct (embedded)'} on "
+          f"{w.device.type} ({str(w.dtype).removeprefix('torch.')}) in "
+          f"{time.perf_counter() - t0:.1f} s")
+    return model, tokenizer, config
+
+
+def generate_tokens(model: Any, tokenizer: Any, prompt_ids: list[int],
+                    args: argparse.Namespace) -> Iterator[int]:
+    """The one place the CLI calls the generation backend (swap in the engine here)."""
+    from tritium.generation import generate_stream
+
+    return generate_stream(model, tokenizer, prompt_ids, max_tokens=args.max_tokens,
+                           temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+
+
+def stream_completion(model: Any, tokenizer: Any, prompt_ids: list[int],
+                      args: argparse.Namespace) -> str:
+    """Generate, writing text to stdout as it comes; returns the full text and logs a timing."""
+    from tritium.generation import TextStreamer
+
+    streamer = TextStreamer(tokenizer)
+    t0 = time.perf_counter()
+    n = 0
+    for token in generate_tokens(model, tokenizer, prompt_ids, args):
+        n += 1
+        sys.stdout.write(streamer.push(token))
+        sys.stdout.flush()
+    sys.stdout.write(streamer.flush() + "\n")
+    sys.stdout.flush()
+    dt = time.perf_counter() - t0
+    _info(f"[tritium] {len(prompt_ids)} prompt + {n} generated tokens in {dt:.2f} s "
+          f"({n / dt if dt > 0 else 0.0:.1f} tok/s)")
+    return streamer.text
+
+
+def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Apply the tokenizer's chat template (with the assistant prompt) and tokenize."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("this model has no chat template; use --raw for plain text")
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+# -- generate ------------------------------------------------------------------------------
+
+def add_generate_command(subparsers: Any) -> None:
+    p = subparsers.add_parser("generate", help="complete one prompt and print the answer",
+                              description="Print the model's completion of PROMPT on stdout.")
+    p.add_argument("prompt", metavar="PROMPT")
+    add_model_args(p)
+    add_sampling_args(p, temperature=0.0)
+    p.add_argument("--raw", action="store_true",
+                   help="feed PROMPT as plain text (no chat template)")
+    p.set_defaults(func=run_generate)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    model, tokenizer, _ = load_for_cli(args)
+    if args.raw:
+        prompt_ids = tokenizer(args.prompt)["input_ids"]
+    else:
+        prompt_ids = encode_chat(tokenizer, [{"role": "user", "content": args.prompt}])
+    stream_completion(model, tokenizer, prompt_ids, args)
+    return 0
+
+
+# -- chat ----------------------------------------------------------------------------------
+
+def add_chat_command(subparsers: Any) -> None:
+    p = subparsers.add_parser("chat", help="interactive chat that streams its answers",
+                              description="Chat with the model; /exit or Ctrl-D quits.")
+    add_model_args(p)
+    add_sampling_args(p, temperature=0.7)
+    p.add_argument("--system", default=None, metavar="TEXT", help="system prompt")
+    p.set_defaults(func=run_chat)
+
+
+def _read_line() -> str | None:
+    """One user line, or None at EOF. The prompt marker goes to stderr (stdout = answers)."""
+    if sys.stdin.isatty():
+        sys.stderr.write(">>> ")
+        sys.stderr.flush()
+    line = sys.stdin.readline()
+    return None if line == "" else line.rstrip("\n")
+
+
+def _fit_history(tokenizer: Any, messages: list[dict[str, str]], context: int) -> list[int]:
+    """Encode, dropping the oldest exchanges until the prompt leaves room in the context."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    while True:
+        ids = encode_chat(tokenizer, system + turns)
+        if len(ids) < context or len(turns) <= 1:
+            if len(ids) < context and len(turns) < len(messages) - len(system):
+                _info("[tritium] dropped the oldest turns to fit the context")
+            messages[len(system):] = turns
+            return ids
+        turns = turns[2:]  # one user + one assistant message
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    model, tokenizer, config = load_for_cli(args)
+    messages: list[dict[str, str]] = []
+    if args.system:
+        messages.append({"role": "system", "content": args.system})
+    if sys.stdin.isatty():
+        _info("[tritium] chat: type a message; /exit or Ctrl-D quits")
+    while True:
+        line = _read_line()
+        if line is None or line.strip() == "/exit":
+            return 0
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        ids = _fit_history(tokenizer, messages, config.max_position_embeddings)
+        try:
+            reply = stream_completion(model, tokenizer, ids, args)
+        except ValueError as e:  # e.g. one message longer than the context: skip this turn
+            messages.pop()
+            _info(f"tritium: error: {e}")
+            continue
+        messages.append({"role": "assistant", "content": reply})
+
+
+# -- entry point ---------------------------------------------------------------------------
+
+COMMANDS: list[Callable[[Any], None]] = [add_generate_command, add_chat_command]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tritium", description="tritium: an LLM engine on Triton kernels.")
+    from tritium import __version__
+
+    parser.add_argument("--version", action="version", version=f"tritium {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, run the command; user mistakes -> one stderr line and exit status 2."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="[tritium] %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from tritium.models.errors import ModelLoadError
+
+    try:
+        return args.func(args)
+    except (UserError, ModelLoadError, ValueError, NotImplementedError) as e:
+        sys.stdout.flush()
+        print(f"tritium: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `tritium generate ... | head -1`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""Architecture name -> model class, and ``load_model`` (checkpoint -> ready model)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from typing import Any
+
+import torch
+
+from tritium.models.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+# Normalized architecture name (lowercase, without "ForCausalLM") -> "module:Class".
+# Classes are imported only when used; a new family is one line here.
+_MODELS: dict[str, str] = {
+    "llama": "tritium.models.llama:LlamaForCausalLM",
+    "mistral": "tritium.models.llama:LlamaForCausalLM",
+    "qwen2": "tritium.models.llama:LlamaForCausalLM",
+}
+
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+}
+
+
+def _normalize(architecture: str) -> str:
+    return str(architecture).lower().removesuffix("forcausallm")
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_MODELS)
+
+
+def get_model_class(architecture: str) -> type[torch.nn.Module]:
+    """'LlamaForCausalLM' / 'llama' / 'Qwen2ForCausalLM' / ... -> the class that implements it."""
+    target = _MODELS.get(_normalize(architecture))
+    if target is None:
+        raise ModelLoadError(
+            f"unsupported architecture {architecture!r} "
+            f"(supported: {', '.join(supported_architectures())})"
+        )
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """None -> 'cuda' when available, else 'cpu'. ValueError for unknown or unavailable ones."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"invalid device {device!r}") from e
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r} (use 'cpu' or 'cuda')")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """None -> float32 on CPU, bfloat16 on CUDA. Accepts torch dtypes or their names."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"unsupported dtype {dtype} (use float32, bfloat16 or float16)")
+        return dtype
+    resolved = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
+    if resolved is None:
+        raise ValueError(f"unsupported dtype {dtype!r} (use float32, bfloat16 or float16)")
+    return resolved
+
+
+def load_model(
+    path: str | None = None,
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> tuple[torch.nn.Module, Any, Any]:
+    """Load a checkpoint (GGUF file or HF folder; None = the embedded SmolLM2-135M-Instruct)
+    and build its model in eval mode on ``device`` in ``dtype``.
+
+    Returns (model, tokenizer, config). Raises ``ModelLoadError`` for bad checkpoints and
+    ``ValueError`` for a bad device/dtype.
+    """
+    from tritium.models.loader import load_checkpoint
+
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    ckpt = load_checkpoint(path)
+    cls = get_model_class(ckpt.config.architecture)
+    # Build on 'meta' (no memory, no random init), then take the checkpoint's tensors.
+    with torch.device("meta"):
+        model = cls(ckpt.config)
+    model.load_hf_state_dict(ckpt.state_dict, dtype=dt, device=dev)
+    model.eval()
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("loaded %s: %.1fM parameters on %s in %s", ckpt.path, n_params / 1e6, dev, dt)
+    return model, ckpt.tokenizer, ckpt.config
