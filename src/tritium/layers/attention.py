@@ -18,13 +18,15 @@ from torch import nn
 from tritium.layers.linear import Linear
 from tritium.layers.rotary import RotaryEmbedding
 from tritium.ops import attention as attention_ops
-from tritium.ops.paged_attention import AttentionMetadata, paged_attention, write_kv_cache
+from tritium.ops import paged_attention as paged_ops
+from tritium.ops.paged_attention import AttentionMetadata
 
 
-@functools.lru_cache(maxsize=1)
-def _flash_attn_has_window() -> bool:
-    """Whether the plain attention op accepts ``window_size`` yet (it lands with the kernels)."""
-    return "window_size" in inspect.signature(attention_ops.flash_attn_func).parameters
+@functools.cache
+def _accepts(fn: object, arg: str) -> bool:
+    """Whether an op takes ``arg`` (window support lands with the kernels; until then the
+    layer refuses long sequences instead of silently attending past the window)."""
+    return arg in inspect.signature(fn).parameters
 
 
 class Attention(nn.Module):
@@ -82,7 +84,7 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x, positions, rotary)  # (B, S, H, D)
         kwargs = {}
         if self.sliding_window is not None and S > self.sliding_window:
-            if not _flash_attn_has_window():
+            if not _accepts(attention_ops.flash_attn_func, "window_size"):
                 raise NotImplementedError(
                     f"sliding-window attention (window {self.sliding_window}) over a sequence "
                     f"of {S} tokens: the attention op has no window support yet"
@@ -107,14 +109,19 @@ class Attention(nn.Module):
         (num_blocks, block_size, Hk, D), at ``meta.slot_mapping``, then attends over each
         sequence's cached prefix plus its new tokens.
         """
+        kwargs = {}
         if self.sliding_window is not None and meta.max_seqlen_k > self.sliding_window:
-            raise NotImplementedError(
-                f"sliding-window attention (window {self.sliding_window}) over a context of "
-                f"{meta.max_seqlen_k} tokens: paged attention has no window support yet"
-            )
+            if not _accepts(paged_ops.paged_attention, "sliding_window"):
+                raise NotImplementedError(
+                    f"sliding-window attention (window {self.sliding_window}) over a context "
+                    f"of {meta.max_seqlen_k} tokens: paged attention has no window support yet"
+                )
+            kwargs["sliding_window"] = self.sliding_window
         T = x.shape[0]
         q, k, v = self._qkv(x, positions, rotary)  # (T, H, D)
         k_cache, v_cache = kv_cache
-        write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
-        o = paged_attention(q, k_cache, v_cache, meta, softmax_scale=self.scale)  # (T, Hq, D)
+        paged_ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        o = paged_ops.paged_attention(
+            q, k_cache, v_cache, meta, softmax_scale=self.scale, **kwargs
+        )  # (T, Hq, D)
         return self.o_proj(o.reshape(T, self.q_size))

@@ -4,6 +4,6 @@
 point; ``registry`` maps architecture names to model classes.
 """
 
-from tritium.models.registry import get_model_class, load_model
+from tritium.models.registry import build_model, get_model_class, load_model
 
-__all__ = ["get_model_class", "load_model"]
+__all__ = ["build_model", "get_model_class", "load_model"]

@@ -93,12 +93,28 @@ def load_model(
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     ckpt = load_checkpoint(path)
-    cls = get_model_class(ckpt.config.architecture)
-    # Build on 'meta' (no memory, no random init), then take the checkpoint's tensors.
-    with torch.device("meta"):
-        model = cls(ckpt.config)
-    model.load_hf_state_dict(ckpt.state_dict, dtype=dt, device=dev)
-    model.eval()
+    model = build_model(ckpt.config, ckpt.state_dict, device=dev, dtype=dt)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("loaded %s: %.1fM parameters on %s in %s", ckpt.path, n_params / 1e6, dev, dt)
     return model, ckpt.tokenizer, ckpt.config
+
+
+def build_model(
+    config: Any,
+    state_dict: dict[str, torch.Tensor],
+    *,
+    device: str | torch.device | None = "cpu",
+    dtype: str | torch.dtype | None = None,
+) -> torch.nn.Module:
+    """Model of ``config``'s architecture holding ``state_dict`` (HF names), in eval mode.
+
+    Built on 'meta' (no memory, no random init), then each checkpoint tensor becomes a
+    parameter, cast to ``dtype`` on ``device`` (defaults as in ``load_model``).
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    cls = get_model_class(config.architecture)
+    with torch.device("meta"):
+        model = cls(config)
+    model.load_hf_state_dict(state_dict, dtype=dt, device=dev)
+    return model.eval()
