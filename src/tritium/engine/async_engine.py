@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 _IDLE_WAIT_S = 0.1  # how long an idle engine thread blocks on the command queue per iteration
+_STALL_WAIT_S = 0.002  # pause after a step that produced nothing, so a stalled engine can't spin
 
 
 class QueueFullError(RuntimeError):
@@ -285,15 +286,18 @@ class AsyncLLMEngine:
     def _run(self) -> None:
         try:
             self._refresh_stats()
+            stalled = False
             while not self._stopping.is_set():
                 busy = self.engine.has_unfinished_requests()
-                self._apply(self._drain(block=not busy))
+                wait = _IDLE_WAIT_S if not busy else _STALL_WAIT_S if stalled else None
+                self._apply(self._drain(wait))
                 if self._stopping.is_set():
                     break
                 if self.engine.has_unfinished_requests():
                     outputs = self.engine.step()
                     self._steps += 1
                     self._dispatch(outputs)
+                    stalled = not outputs  # e.g. nothing fits yet: don't spin on step()
                 self._refresh_stats()
             self._dead = EngineDeadError("the engine was shut down")
         except BaseException as e:  # noqa: BLE001 - report any crash to every waiting client
@@ -302,10 +306,11 @@ class AsyncLLMEngine:
         finally:
             self._close_all(self._dead)
 
-    def _drain(self, block: bool) -> list[Any]:
+    def _drain(self, wait: float | None) -> list[Any]:
+        """Every queued command; blocks up to ``wait`` seconds for the first one (None: no)."""
         cmds = []
         try:
-            cmds.append(self._commands.get(timeout=_IDLE_WAIT_S) if block
+            cmds.append(self._commands.get(timeout=wait) if wait is not None
                         else self._commands.get_nowait())
             while True:
                 cmds.append(self._commands.get_nowait())

@@ -96,7 +96,8 @@ def chat_prompt(state: ServerState, req: ChatCompletionRequest) -> tuple[str, li
     messages = []
     for i, m in enumerate(req.messages):
         if m.content is None:
-            raise APIError(400, f"messages.{i}.content must be a string", f"messages.{i}.content")
+            raise APIError(400, f"messages.{i}.content must be a string",
+                           param=f"messages.{i}.content")
         content = m.content if isinstance(m.content, str) else "\n".join(p.text for p in m.content)
         role = "system" if m.role == "developer" else m.role
         messages.append({"role": role, "content": content})
