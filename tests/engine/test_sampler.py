@@ -284,7 +284,7 @@ def test_draws_follow_softmax_across_steps_of_one_seed():
     row = torch.tensor([0.3, -1.0, 1.2, 0.0, -0.2])
     seeds = torch.full((n,), 987654321, dtype=torch.long)
     steps = torch.arange(n)
-    draws = (row + gumbel_noise(seeds, steps, v)).argmax(-1)
+    draws = (row + gumbel_noise(seeds, steps, torch.arange(v))).argmax(-1)
     counts = Counter(draws.tolist())
     stat = chi2([counts[t] for t in range(v)], softmax64(row.tolist()))
     assert stat < chi2_critical(v - 1), stat
@@ -332,6 +332,37 @@ def test_same_request_same_tokens_whatever_the_batch():
             out_ids = out_ids + [tok]
 
 
+def test_top_k_candidate_path_draws_like_full_vocabulary_path():
+    """Rows all with top-k draw among candidates only; one row without top-k sends the batch
+    through the full-vocabulary path. Same tokens either way, ties included (bf16 logits)."""
+    v, n = 300, 400
+    g = torch.Generator().manual_seed(11)
+    row = (torch.randn(v, generator=g) * 2).to(torch.bfloat16).float()  # many exact ties
+    for kw in (dict(top_k=40), dict(top_k=25, top_p=0.7), dict(top_k=60, min_p=0.05),
+               dict(top_k=30, top_p=0.9, min_p=0.02, temperature=0.6)):
+        params = [SP(seed=s, **kw) for s in range(n)]
+        outs = [[1] * (s % 7) for s in range(n)]
+        cand_meta = build(params, outputs=outs, vocab=v)
+        full_meta = build(params + [SP()], outputs=outs + [[]], vocab=v)
+        assert cand_meta.all_top_k and not full_meta.all_top_k
+        cand = Sampler()(row.expand(n, v).contiguous(), cand_meta).sampled_token_ids
+        full = Sampler()(row.expand(n + 1, v).contiguous(), full_meta).sampled_token_ids[:n]
+        assert torch.equal(cand, full), kw
+        assert len(set(cand.tolist())) > 5
+    # top-k and top-p boundaries both inside one group of tied logits: lower ids go first
+    tied_ids = [250, 17, 120, 3, 99, 42]
+    row = torch.full((v,), -5.0)
+    row[7] = 3.0
+    row[tied_ids] = 1.0
+    # top-5 keeps 7 and tied 3, 17, 42, 99; token 7 has mass 0.65, each tied one 0.088: p = 0.75
+    # needs two of them, the two lowest ids
+    params = [SP(seed=s, top_k=5, top_p=0.75) for s in range(n)]
+    cand = Sampler()(row.expand(n, v).contiguous(), build(params, vocab=v)).sampled_token_ids
+    full_meta = build(params + [SP()], vocab=v)
+    full = Sampler()(row.expand(n + 1, v).contiguous(), full_meta).sampled_token_ids[:n]
+    assert torch.equal(cand, full) and set(cand.tolist()) == {7, 3, 17}
+
+
 def test_different_seeds_differ_and_sequence_seeds():
     v, steps = 50, 30
     flat = torch.zeros(1, v)
@@ -347,10 +378,10 @@ def test_different_seeds_differ_and_sequence_seeds():
 
 def _py_mix32(x: int) -> int:
     x ^= x >> 16
-    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x = (x * 0x21F0AAAD) & 0xFFFFFFFF
     x ^= x >> 15
-    x = (x * 0x846CA68B) & 0xFFFFFFFF
-    return x ^ (x >> 16)
+    x = (x * 0x735A2D97) & 0xFFFFFFFF
+    return x ^ (x >> 15)
 
 
 def test_random_bits_match_python_reference_hash():
@@ -358,12 +389,14 @@ def test_random_bits_match_python_reference_hash():
     steps = [0, 7, 2**31 - 1, 3, 1, 65536]
     v = 5
     bits = random_bits(torch.tensor(seeds), torch.tensor(steps), v)
+    per_row_ids = torch.tensor([[4, 0], [2, 2], [1, 3], [0, 4], [3, 1], [4, 4]])
+    bits_ids = random_bits(torch.tensor(seeds), torch.tensor(steps), per_row_ids)
     for i, (seed, step) in enumerate(zip(seeds, steps)):
         lo, hi = seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF
-        k1 = _py_mix32(_py_mix32(_py_mix32(step ^ 0x243F6A88) ^ lo) ^ hi)
-        k2 = _py_mix32(_py_mix32(_py_mix32(hi ^ 0x85A308D3) ^ step) ^ lo)
-        ref = [_py_mix32(_py_mix32((t + k1) & 0xFFFFFFFF) ^ k2) for t in range(v)]
+        key = _py_mix32(_py_mix32(_py_mix32(step ^ 0x243F6A88) ^ lo) ^ hi)
+        ref = [_py_mix32(_py_mix32(t ^ 0x85A308D3) ^ key) for t in range(v)]
         assert bits[i].tolist() == ref
+        assert bits_ids[i].tolist() == [ref[t] for t in per_row_ids[i].tolist()]
     # the high seed word matters
     a = random_bits(torch.tensor([5, 5 + 2**32]), torch.zeros(2, dtype=torch.long), 8)
     assert not torch.equal(a[0], a[1])
@@ -446,7 +479,7 @@ def test_prompt_logprobs():
 def test_flags_and_bfloat16_logits():
     meta = build([SP(temperature=0.0), SP(top_k=5), SP(top_k=50)], vocab=13)
     assert not meta.all_greedy and not meta.all_random and meta.no_penalties
-    assert meta.top_k.tolist() == [13, 5, 13] and meta.max_top_k == 5
+    assert meta.top_k.tolist() == [1, 5, 13] and meta.max_top_k == 5 and not meta.all_top_k
     assert meta.no_top_p and meta.no_min_p and meta.max_num_logprobs is None
     assert meta.output_counts is None and meta.logit_bias is None and meta.min_tokens_mask is None
     out = Sampler()(torch.randn(3, 13).to(torch.bfloat16), meta)

@@ -49,13 +49,6 @@ __all__ = [
     "validate_sampling_params",
 ]
 
-_M32 = 0xFFFFFFFF
-# lowbias32 multipliers (Wellons' integer-hash search): full avalanche, low bias.
-_MIX_A = 0x7FEB352D
-_MIX_B = 0x846CA68B
-# Arbitrary constants (digits of pi) that separate the two key chains.
-_KEY_C0 = 0x243F6A88
-_KEY_C1 = 0x85A308D3
 _SAMPLING_EPS = 1e-5  # temperatures below this are greedy (vLLM's threshold)
 _MAX_ABS_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values
 
@@ -85,51 +78,50 @@ class SamplerOutput:
 
 # -- counter-based random numbers ------------------------------------------------------------
 
-
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    """``x * c mod 2**32`` in place for x in [0, 2**32), without int64 overflow.
-
-    For c >= 2**31, ``x * c = x * (c - 2**31) + x * 2**31`` and ``x * 2**31 mod 2**32`` is
-    ``(x & 1) << 31``; every intermediate stays below 2**63.
-    """
-    if c < 1 << 31:
-        return x.mul_(c).bitwise_and_(_M32)
-    low_bit = (x & 1) << 31
-    return x.mul_(c - (1 << 31)).add_(low_bit).bitwise_and_(_M32)
+_M32 = 0xFFFFFFFF
+# An xorshift-multiply 32-bit hash (lowbias32's shape; constants from Wellons' hash-prospector,
+# bias ~0.11). Both multipliers are below 2**31, so products of 32-bit values stay below 2**63:
+# int64 tensor arithmetic is exact, with the same result on every device.
+_MIX_A = 0x21F0AAAD
+_MIX_B = 0x735A2D97
+_KEY_C0 = 0x243F6A88  # digits of pi: keep the (seed, step) chain apart from the token hash
+_KEY_C1 = 0x85A308D3
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """lowbias32 integer hash, in place, on int64 tensors holding values in [0, 2**32)."""
-    x ^= x >> 16
-    _mul32(x, _MIX_A)
-    x ^= x >> 15
-    _mul32(x, _MIX_B)
-    x ^= x >> 16
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """Hash int64 values in [0, 2**32) in place (one scratch buffer)."""
+    tmp = torch.empty_like(x)
+    for shift, mult in ((16, _MIX_A), (15, _MIX_B), (15, None)):
+        torch.bitwise_right_shift(x, shift, out=tmp)
+        x.bitwise_xor_(tmp)
+        if mult is not None:
+            x.mul_(mult).bitwise_and_(_M32)
     return x
 
 
-def random_bits(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """32 random bits per (row, token), a pure function of (seed, step, token id).
+def random_bits(
+    seeds: torch.Tensor, steps: torch.Tensor, token_ids: torch.Tensor | int
+) -> torch.Tensor:
+    """32 random bits per (row, token): a pure function of (seed, step, token id).
 
-    Two 32-bit keys per row are hashed out of (seed, step) along two chains (so distinct
-    (seed, step) pairs share a stream with probability ~2**-64), then each token id is hashed
-    under them: ``mix32(mix32(t + k1) ^ k2)``.
+    A 32-bit row key is hashed out of (seed's low word, high word, step); each token id is
+    hashed on its own; the bits are ``mix(mix(t ^ C1) ^ key)``. Two (seed, step) pairs share a
+    stream only when their keys collide (2**-32): the draws stay valid, just not independent.
 
     Args:
-        seeds: (N,) int64 (any 64-bit pattern). steps: (N,) int64 >= 0.
+        seeds: (N,) int64, any 64-bit pattern. steps: (N,) int64 >= 0.
+        token_ids: (K,) ids shared by all rows, (N, K) ids per row, or an int V for arange(V).
     Returns:
-        (N, V) int64 in [0, 2**32).
+        (N, K) int64 in [0, 2**32).
     """
-    s_lo = seeds & _M32
-    s_hi = (seeds >> 32) & _M32  # arithmetic shift, then masked: the high word as unsigned
-    st = steps & _M32
-    k1 = _mix32(_mix32(_mix32(st ^ _KEY_C0) ^ s_lo) ^ s_hi)  # (N,)
-    k2 = _mix32(_mix32(_mix32(s_hi ^ _KEY_C1) ^ st) ^ s_lo)  # (N,)
-    tok = torch.arange(vocab_size, dtype=torch.int64, device=seeds.device)
-    x = (tok[None, :] + k1[:, None]).bitwise_and_(_M32)  # (N, V)
-    _mix32(x)
-    x ^= k2[:, None]
-    return _mix32(x)
+    if isinstance(token_ids, int):
+        token_ids = torch.arange(token_ids, device=seeds.device)
+    key = _mix32_((steps & _M32) ^ _KEY_C0)
+    key = _mix32_(key.bitwise_xor_(seeds & _M32))
+    key = _mix32_(key.bitwise_xor_((seeds >> 32) & _M32))  # (N,); >> is arithmetic: mask it
+    tok = _mix32_((token_ids.long() & _M32) ^ _KEY_C1)  # (K,) or (N, K)
+    tok = tok[None, :] if tok.dim() == 1 else tok
+    return _mix32_(tok ^ key[:, None])  # (N, K)
 
 
 def exponential_from_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -139,14 +131,16 @@ def exponential_from_bits(bits: torch.Tensor) -> torch.Tensor:
     small E, the ones that let unlikely tokens win, keep the full 32-bit resolution (the
     smallest is 2**-33); the largest is ~16.6, cutting off a tail of mass 2**-24.
     """
-    u = (bits.float() + 0.5) * 2.0**-32
-    u = u.clamp_(max=1.0 - 2.0**-24)  # float32 rounding of bits near 2**32 would give 1.0
-    return torch.log1p(-u).neg_()
+    u = bits.float().add_(0.5).mul_(2.0**-32)
+    u.clamp_(max=1.0 - 2.0**-24)  # float32 rounding of bits near 2**32 would give 1.0
+    return u.neg_().log1p_().neg_()
 
 
-def gumbel_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """``-log E`` with ``E ~ Exp(1)``, i.e. Gumbel noise, per (row, token). (N, V) float32."""
-    return exponential_from_bits(random_bits(seeds, steps, vocab_size)).log_().neg_()
+def gumbel_noise(
+    seeds: torch.Tensor, steps: torch.Tensor, token_ids: torch.Tensor | int
+) -> torch.Tensor:
+    """``-log E``, ``E ~ Exp(1)`` (Gumbel noise) per (row, token); see :func:`random_bits`."""
+    return exponential_from_bits(random_bits(seeds, steps, token_ids)).log_().neg_()
 
 
 # -- logits processing -----------------------------------------------------------------------
@@ -168,34 +162,35 @@ def apply_penalties(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tenso
     return logits - meta.presence_penalty[:, None] * (counts > 0)
 
 
-def _keep_top_k_by_topk(z: torch.Tensor, top_k: torch.Tensor, max_k: int) -> torch.Tensor:
-    """Exactly-k keep mask from ``torch.topk(max_k)``: ties at the k-th value go to lower ids."""
+def _keep_top_k(z: torch.Tensor, top_k: torch.Tensor, max_k: int) -> torch.Tensor:
+    """Exactly-k keep mask (N, V) from ``torch.topk(max_k)``; ties at the k-th value go to the
+    lower ids. Rows with top_k >= V keep everything."""
+    max_k = min(max_k, z.shape[1])
     thr = torch.topk(z, max_k, dim=-1).values  # (N, max_k), descending
     thr = thr.gather(1, (top_k.clamp(max=max_k) - 1)[:, None])  # (N, 1): the k-th largest
     above = z > thr
     tied = z == thr
     need = top_k[:, None] - above.sum(-1, keepdim=True)  # tied tokens still to keep
     keep = above | (tied & (tied.cumsum(-1) <= need))
-    return keep | (top_k >= z.shape[1])[:, None]  # rows with top-k off keep everything
+    return keep | (top_k >= z.shape[1])[:, None]
 
 
-def _keep_top_k_top_p_by_sort(
-    z: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
-) -> torch.Tensor:
-    """Keep mask of top-k then top-p (over the top-k renormalized distribution), via one sort.
+def _keep_top_p(sorted_z: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Nucleus keep mask over logits sorted by (logit desc, id asc), removed ones at -inf.
 
-    Top-p keeps the shortest prefix (by logit desc, id asc) whose mass reaches p: token j is
-    kept iff the mass strictly before it is < p, so the boundary token is included.
+    Keeps token j iff the mass strictly before it is < p of the total, so the boundary token is
+    in. Unnormalized ``exp(z - z_max)`` and one cumsum, whose prefix values do not depend on
+    how many -inf entries follow: the same mask over K candidates or over all V tokens.
     """
-    n, v = z.shape
-    sorted_z, order = torch.sort(z, dim=-1, descending=True, stable=True)  # (N, V) each
-    pos = torch.arange(v, device=z.device)
-    keep_sorted = pos[None, :] < top_k[:, None]  # (N, V)
-    probs = sorted_z.masked_fill(~keep_sorted, -math.inf).softmax(dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs
-    keep_sorted &= (mass_before < top_p[:, None]) | (top_p >= 1.0)[:, None]
-    return torch.empty_like(keep_sorted).scatter_(1, order, keep_sorted)
+    z_max = sorted_z[:, :1].clamp(min=torch.finfo(sorted_z.dtype).min)  # all -inf: no NaN
+    mass = torch.exp(sorted_z - z_max)  # (N, K)
+    cum = mass.cumsum(dim=-1)
+    return (cum - mass < top_p[:, None] * cum[:, -1:]) | (top_p >= 1.0)[:, None]
 
+
+def _min_p_floor(z_max: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
+    """(N, 1): ``p >= min_p * p_max`` is ``z >= z_max + log(min_p)`` (-inf when min_p = 0)."""
+    return z_max + torch.log(min_p.float())[:, None]
 
 
 def apply_filters(
@@ -205,35 +200,60 @@ def apply_filters(
     min_p: torch.Tensor | None = None,
     max_top_k: int | None = None,
 ) -> torch.Tensor:
-    """Top-k, then top-p, then min-p, on temperature-scaled logits. Out of place.
+    """Top-k, then top-p, then min-p, over the whole vocabulary. Out of place.
 
     Args:
         z: (N, V) float32 logits already divided by temperature.
         top_k: (N,) int64 in [1, V] (V: off for that row), or None: off for every row.
-        top_p: (N,) float in (0, 1] (1: off), or None: off for every row. Nucleus over the
-            top-k renormalized distribution.
-        min_p: (N,) float in [0, 1] (0: off), or None. Keeps ``p >= min_p * p_max``, tested in
-            log space as ``z >= z_max + log(min_p)``; renormalizing after top-k/top-p leaves the
-            ratio unchanged, so this is the same as min-p taken after them.
-        max_top_k: the largest top_k below V (a host int). With top-p off, the exact-k mask then
-            comes from ``torch.topk(max_top_k)`` instead of a full sort. None: sort.
+        top_p: (N,) float in (0, 1] (1: off), or None. Nucleus of the top-k renormalized
+            distribution.
+        min_p: (N,) float in [0, 1] (0: off), or None. Keeps ``p >= min_p * p_max``;
+            renormalizing after top-k/top-p leaves that ratio unchanged.
+        max_top_k: the largest top_k below V (a host int): with top-p off, the exact-k mask comes
+            from ``torch.topk(max_top_k)`` instead of a sort. None: V.
     Returns:
         (N, V) float32: z with removed tokens at -inf.
     """
     v = z.shape[1]
     keep = None
-    if top_k is not None and top_p is None and max_top_k is not None and max_top_k < v:
-        keep = _keep_top_k_by_topk(z, top_k, max_top_k)
-    elif top_k is not None or top_p is not None:
-        if top_k is None:
-            top_k = torch.full(z.shape[:1], v, dtype=torch.long, device=z.device)
-        if top_p is None:
-            top_p = torch.ones(z.shape[:1], dtype=torch.float32, device=z.device)
-        keep = _keep_top_k_top_p_by_sort(z, top_k, top_p)
+    if top_p is not None:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True, stable=True)  # ties: id asc
+        if top_k is not None:
+            in_top_k = torch.arange(v, device=z.device)[None, :] < top_k[:, None]
+            sorted_z = sorted_z.masked_fill(~in_top_k, -math.inf)
+        keep_sorted = _keep_top_p(sorted_z, top_p)
+        if top_k is not None:
+            keep_sorted &= in_top_k
+        keep = torch.empty_like(keep_sorted).scatter_(1, order, keep_sorted)
+    elif top_k is not None:
+        keep = _keep_top_k(z, top_k, v if max_top_k is None else max_top_k)
     if min_p is not None:
-        floor = z.max(dim=-1, keepdim=True).values + torch.log(min_p.float())[:, None]
-        keep = z >= floor if keep is None else keep & (z >= floor)
+        above = z >= _min_p_floor(z.max(dim=-1, keepdim=True).values, min_p)
+        keep = above if keep is None else keep & above
     return z if keep is None else z.masked_fill(~keep, -math.inf)
+
+
+def _sample_top_k_candidates(z: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
+    """Draw when every row has top-k: only max_top_k candidates per row get noise.
+
+    Same kept set, noise and lowest-id tie rule as :func:`apply_filters` over the whole
+    vocabulary, so a row draws the same token on either path. (N, V) -> (N,) int64.
+    """
+    keep = _keep_top_k(z, meta.top_k, meta.max_top_k)  # (N, V), exactly k per row
+    cand_z, cand_ids = torch.topk(z.masked_fill(~keep, -math.inf), meta.max_top_k, dim=-1)
+    cand_ids, by_id = cand_ids.sort(dim=-1)  # (N, K) in id order, like the vocabulary
+    cand_z = cand_z.gather(1, by_id)
+    if not (meta.no_top_p and meta.no_min_p):
+        sorted_z, order = torch.sort(cand_z, dim=-1, descending=True, stable=True)
+        keep_sorted = torch.ones_like(sorted_z, dtype=torch.bool)
+        if not meta.no_top_p:
+            keep_sorted &= _keep_top_p(sorted_z, meta.top_p)
+        if not meta.no_min_p:
+            keep_sorted &= sorted_z >= _min_p_floor(sorted_z[:, :1], meta.min_p)
+        keep = torch.empty_like(keep_sorted).scatter_(1, order, keep_sorted)
+        cand_z = cand_z.masked_fill(~keep, -math.inf)
+    score = gumbel_noise(meta.seeds, meta.steps, cand_ids).add_(cand_z)  # (N, K)
+    return cand_ids.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0]
 
 
 # -- per-step metadata -----------------------------------------------------------------------
@@ -278,6 +298,13 @@ def _to_int64(seed: object) -> int:
     return s - 2**64 if s >= 2**63 else s
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor -> device without a sync: pinned staging, asynchronous copy."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _padded_ids(rows: list[list[int]], pad: int) -> torch.Tensor:
     """(N, L) int64 CPU tensor of ragged id lists, padded with ``pad``; ids checked in [0, pad)."""
     lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
@@ -293,7 +320,7 @@ def _padded_ids(rows: list[list[int]], pad: int) -> torch.Tensor:
 
 def _token_counts(rows: list[list[int]], vocab_size: int, device) -> torch.Tensor:
     """(N, V) int32 count of each token per row: one scatter_add over padded ids."""
-    ids = _padded_ids(rows, vocab_size).to(device, non_blocking=True)  # (N, L); pad = V
+    ids = _to_device(_padded_ids(rows, vocab_size), device)  # (N, L); pad = V
     counts = torch.zeros(len(rows), vocab_size + 1, dtype=torch.int32, device=device)
     counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=torch.int32))
     return counts[:, :vocab_size]
@@ -305,9 +332,9 @@ def _sparse(pairs: list[tuple[int, int, float]], device) -> tuple[torch.Tensor, 
         return None
     rows, ids, vals = zip(*pairs)
     return (
-        torch.tensor(rows, dtype=torch.long).to(device, non_blocking=True),
-        torch.tensor(ids, dtype=torch.long).to(device, non_blocking=True),
-        torch.tensor(vals, dtype=torch.float32).to(device, non_blocking=True),
+        _to_device(torch.tensor(rows, dtype=torch.long), device),
+        _to_device(torch.tensor(ids, dtype=torch.long), device),
+        _to_device(torch.tensor(vals, dtype=torch.float32), device),
     )
 
 
@@ -315,8 +342,9 @@ def _sparse(pairs: list[tuple[int, int, float]], device) -> tuple[torch.Tensor, 
 class SamplingMetadata:
     """Per-step sampling settings of N rows, on the device. Build with :meth:`build`.
 
-    Row tensors are (N,); greedy rows have temperature 1 (unused); top_k is V, top_p 1, min_p 0
-    where that filter is off. The Python flags let the sampler skip whole stages.
+    Row tensors are (N,); top_k is V, top_p 1, min_p 0 where that filter is off. Greedy rows
+    never use the random path, so they get temperature 1, top_k 1, top_p 1 and min_p 0 there.
+    The Python flags (over the random rows) let the sampler skip whole stages.
     """
 
     num_rows: int
@@ -338,6 +366,7 @@ class SamplingMetadata:
     all_greedy: bool
     all_random: bool
     no_penalties: bool
+    all_top_k: bool  # every random row has top_k < V: draw among max_top_k candidates only
     no_top_k: bool
     no_top_p: bool
     no_min_p: bool
@@ -387,9 +416,12 @@ class SamplingMetadata:
             validate_sampling_params(p, vocab_size)
             greedy = p.temperature < _SAMPLING_EPS
             k = vocab_size if p.top_k is None else min(p.top_k, vocab_size)
+            # greedy rows never use the random path's settings: make them the cheapest
             for key, val in (("temperature", 1.0 if greedy else p.temperature),
-                             ("greedy", greedy), ("top_k", k), ("top_p", p.top_p),
-                             ("min_p", p.min_p), ("repetition_penalty", p.repetition_penalty),
+                             ("greedy", greedy), ("top_k", 1 if greedy else k),
+                             ("top_p", 1.0 if greedy else p.top_p),
+                             ("min_p", 0.0 if greedy else p.min_p),
+                             ("repetition_penalty", p.repetition_penalty),
                              ("presence_penalty", p.presence_penalty),
                              ("frequency_penalty", p.frequency_penalty),
                              ("seeds", _to_int64(seeds[i])),
@@ -406,7 +438,7 @@ class SamplingMetadata:
     def _from_columns(cls, cols, params, prompt_token_ids, output_token_ids, suppress, bias,
                       vocab_size, device) -> SamplingMetadata:
         def dev(key: str, dtype: torch.dtype) -> torch.Tensor:
-            return torch.tensor(cols[key], dtype=dtype).to(device, non_blocking=True)
+            return _to_device(torch.tensor(cols[key], dtype=dtype), device)
 
         n = len(params)
         rep, pres, freq = (cols["repetition_penalty"], cols["presence_penalty"],
@@ -420,7 +452,8 @@ class SamplingMetadata:
             prompt_mask = _token_counts(prompts, vocab_size, device) > 0
             output_counts = _token_counts(outputs, vocab_size, device)
         greedy = cols["greedy"]
-        top_ks = [k for k in cols["top_k"] if k < vocab_size]
+        random_ks = [k for k, g in zip(cols["top_k"], greedy) if not g]
+        top_ks = [k for k in random_ks if k < vocab_size]
         logprob_ks = [p.logprobs for p in params if p.logprobs is not None]
         sup = _sparse(suppress, device)
         return cls(
@@ -435,6 +468,7 @@ class SamplingMetadata:
             prompt_mask=prompt_mask, output_counts=output_counts,
             min_tokens_mask=None if sup is None else sup[:2], logit_bias=_sparse(bias, device),
             all_greedy=all(greedy), all_random=not any(greedy), no_penalties=not any(penalized),
+            all_top_k=bool(random_ks) and len(top_ks) == len(random_ks),
             no_top_k=not top_ks, no_top_p=all(p >= 1.0 for p in cols["top_p"]),
             no_min_p=all(p <= 0.0 for p in cols["min_p"]),
             max_top_k=max(top_ks) if top_ks else None,
@@ -485,7 +519,7 @@ class Sampler:
             logits.index_put_((rows, ids), vals, accumulate=True)
         if meta.min_tokens_mask is not None:
             rows, ids = meta.min_tokens_mask
-            logits.index_put_((rows, ids), logits.new_tensor(-math.inf))
+            logits.index_put_((rows, ids), torch.full((), -math.inf, device=logits.device))
         if not meta.no_penalties:
             logits = apply_penalties(logits, meta)
         return logits
@@ -494,6 +528,8 @@ class Sampler:
     def _sample_random(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         """Temperature, filters, then the seeded Gumbel-max draw. (N,) int64."""
         z = logits / meta.temperature[:, None]  # (N, V)
+        if meta.all_top_k:
+            return _sample_top_k_candidates(z, meta)
         z = apply_filters(
             z,
             None if meta.no_top_k else meta.top_k,
@@ -501,8 +537,8 @@ class Sampler:
             None if meta.no_min_p else meta.min_p,
             max_top_k=meta.max_top_k,
         )
-        z += gumbel_noise(meta.seeds, meta.steps, meta.vocab_size)
-        return z.argmax(dim=-1)
+        score = gumbel_noise(meta.seeds, meta.steps, meta.vocab_size).add_(z)  # (N, V)
+        return score.argmax(dim=-1)
 
     @staticmethod
     def _check(logits: torch.Tensor, meta: SamplingMetadata) -> None:
