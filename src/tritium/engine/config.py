@@ -38,6 +38,8 @@ class CacheConfig:
             every token before them, for reuse by later requests sharing the prefix.
         kv_cache_dtype: "auto" (the model dtype) or an explicit dtype; fp8 variants store K/V
             in 8 bits.
+        cpu_kv_cache_gb: on CPU, the cache's size in GiB when ``num_kv_blocks`` is None (like
+            vLLM's VLLM_CPU_KVCACHE_SPACE).
     """
 
     block_size: int = 16
@@ -45,9 +47,12 @@ class CacheConfig:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     kv_cache_dtype: str = "auto"
+    cpu_kv_cache_gb: float = 1.0
 
     def __post_init__(self) -> None:
         _positive_int("block_size", self.block_size)
+        if not isinstance(self.cpu_kv_cache_gb, (int, float)) or self.cpu_kv_cache_gb <= 0:
+            raise ValueError(f"cpu_kv_cache_gb must be > 0, got {self.cpu_kv_cache_gb!r}")
         _positive_int("num_kv_blocks", self.num_kv_blocks, allow_none=True)
         if not isinstance(self.gpu_memory_utilization, (int, float)) or not (
             0.0 < self.gpu_memory_utilization <= 1.0

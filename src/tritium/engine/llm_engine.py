@@ -1,0 +1,206 @@
+"""The engine loop: ``schedule() -> run() -> postprocess()``, plus detokenization and outputs.
+
+``LLMEngine`` is synchronous and single-threaded: the offline ``LLM`` API calls ``step()`` until
+every request finishes; the server's ``AsyncLLMEngine`` calls it from one background thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from tritium.engine.config import EngineConfig
+from tritium.engine.detokenizer import IncrementalDetokenizer
+from tritium.engine.model_runner import ModelRunner, with_resolved_lengths
+from tritium.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from tritium.engine.sampling_params import SamplingParams
+from tritium.engine.scheduler import Scheduler
+from tritium.engine.sequence import Sequence, SequenceStatus, create_sequences
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    """Engine-side state of one request: its sibling sequences and their detokenizers."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    seqs: list[Sequence]
+    detoks: list[IncrementalDetokenizer]
+    prompt_logprobs: list[Any] | None = None  # [None, lp(token 1), lp(token 2), ...]
+    aborted: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class LLMEngine:
+    """Continuous-batching engine over a paged KV cache.
+
+    Args:
+        config: see :class:`~tritium.engine.config.EngineConfig`.
+    """
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        config = config or EngineConfig()
+        self.runner = ModelRunner(config)
+        self.config = with_resolved_lengths(config, self.runner)
+        self.tokenizer = self.runner.tokenizer
+        self.model_config = self.runner.model_config
+        self.max_model_len = self.config.scheduler.max_model_len
+        self.scheduler = Scheduler(
+            self.config.scheduler, self.config.cache, eos_token_ids=self.runner.eos_token_ids
+        )
+        self._requests: dict[str, _Request] = {}
+        self._by_seq: dict[int, _Request] = {}
+        self._aborted: list[_Request] = []
+        self._ids = itertools.count()
+        self.num_prompt_tokens_total = 0
+        self.num_generation_tokens_total = 0
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        return cls(config)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
+        """Text -> token ids (with the tokenizer's BOS rule); token ids are checked and kept."""
+        if isinstance(prompt, str):
+            ids = self.tokenizer.encode(prompt)
+            return prompt, list(ids)
+        if not isinstance(prompt, (list, tuple)) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in prompt
+        ):
+            raise TypeError("prompt must be a string or a list of token ids")
+        bad = [t for t in prompt if not 0 <= t < self.model_config.vocab_size]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary "
+                             f"[0, {self.model_config.vocab_size})")
+        return None, list(prompt)
+
+    def add_request(
+        self,
+        request_id: str | None,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        arrival_time: float | None = None,
+    ) -> str:
+        """Queue a request. Raises ValueError for a prompt that can never fit, a duplicate id."""
+        params = params or SamplingParams()
+        request_id = str(next(self._ids)) if request_id is None else request_id
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already running")
+        text, ids = self.encode_prompt(prompt)
+        if not ids:
+            raise ValueError("the prompt is empty")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens, but the context holds {self.max_model_len} "
+                "(prompt + output): shorten the prompt"
+            )
+        seqs = create_sequences(request_id, ids, params, arrival_time=arrival_time, prompt=text)
+        self.scheduler.add(seqs)
+        req = _Request(
+            request_id, text, ids, params, seqs,
+            [IncrementalDetokenizer(self.tokenizer, ids, params) for _ in seqs],
+            prompt_logprobs=None if params.prompt_logprobs is None else [None] * len(ids),
+        )
+        self._requests[request_id] = req
+        for s in seqs:
+            self._by_seq[s.seq_id] = req
+        self.num_prompt_tokens_total += len(ids)
+        return request_id
+
+    def abort_request(self, request_id: str) -> None:
+        """Abort a request (unknown or finished ids are ignored); its blocks are freed now and
+        its final output (finish_reason "abort") comes with the next ``step()``."""
+        req = self._requests.get(request_id)
+        if req is None or req.aborted:
+            return
+        self.scheduler.abort(request_id)
+        req.aborted = True
+        self._aborted.append(req)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    # -- one step ----------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """One scheduler + model step. Returns the requests that progressed or finished."""
+        touched: dict[str, _Request] = {r.request_id: r for r in self._aborted}
+        self._aborted = []
+        out = self.scheduler.schedule()
+        if not out.is_empty:
+            result = self.runner.run(out)
+            for seq_id, (first, lps) in result.prompt_logprobs.items():
+                req = self._by_seq[seq_id]
+                req.prompt_logprobs[first + 1 : first + 1 + len(lps)] = lps
+            updated = self.scheduler.postprocess(out, result.sampled_token_ids, result.logprobs)
+            self.num_generation_tokens_total += len(updated)
+            for seq in updated:
+                req = self._by_seq[seq.seq_id]
+                self._detokenize(req, seq)
+                touched[req.request_id] = req
+        outputs = []
+        for req in touched.values():
+            outputs.append(self._output(req))
+            if outputs[-1].finished:
+                self._release(req)
+        return outputs
+
+    def _detokenize(self, req: _Request, seq: Sequence) -> None:
+        detok = req.detoks[seq.index]
+        detok.update(seq.output_token_ids[-1:], finished=seq.is_finished)
+        if detok.stop_reason is not None:
+            self.scheduler.finish(seq, SequenceStatus.FINISHED_STOPPED, detok.stop_reason)
+            detok.update([], finished=True)
+
+    def _output(self, req: _Request) -> RequestOutput:
+        k = req.params.logprobs
+        outs = []
+        for seq, detok in zip(req.seqs, req.detoks):
+            if seq.is_finished and not detok.finished:
+                detok.update([], finished=True)  # aborted: flush what was held back
+            lps = None
+            if k is not None and seq.output_logprobs is not None:
+                lps = [_trim(lp, k) for lp in seq.output_logprobs]
+            outs.append(CompletionOutput(
+                index=seq.index, text=detok.text, token_ids=list(seq.output_token_ids),
+                cumulative_logprob=seq.cumulative_logprob, logprobs=lps,
+                finish_reason=seq.finish_reason, stop_reason=seq.stop_reason,
+            ))
+        return RequestOutput(
+            request_id=req.request_id, prompt=req.prompt, prompt_token_ids=req.prompt_token_ids,
+            prompt_logprobs=req.prompt_logprobs, outputs=outs,
+            finished=all(s.is_finished for s in req.seqs),
+            metrics=RequestMetrics.merged(s.metrics for s in req.seqs),
+        )
+
+    def _release(self, req: _Request) -> None:
+        self._requests.pop(req.request_id, None)
+        for s in req.seqs:
+            self._by_seq.pop(s.seq_id, None)
+
+    # -- introspection -----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        s = self.scheduler.stats()
+        s.update(
+            num_kv_blocks=self.runner.num_kv_blocks,
+            block_size=self.runner.block_size,
+            num_prompt_tokens_total=self.num_prompt_tokens_total,
+            num_generation_tokens_total=self.num_generation_tokens_total,
+        )
+        return s
+
+
+def _trim(lp: Any, k: int) -> Any:
+    """A TokenLogprobs cut to the request's own top-k (the sampler returns the batch's max)."""
+    if len(lp.top_token_ids) <= k:
+        return lp
+    return type(lp)(lp.logprob, lp.rank, lp.top_token_ids[:k], lp.top_logprobs[:k])
