@@ -24,6 +24,16 @@ from tritium.engine.sampling_params import SamplingParams as SP
 EOS = 0
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many small ops: on the shared 2-core machine, 2 intra-op threads make them 10-30x slower
+    under load (threads wait for each other), so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def build(params, prompts=None, outputs=None, seeds=None, vocab=13, eos=(EOS,)):
     n = len(params)
     prompts = prompts if prompts is not None else [[] for _ in range(n)]

@@ -511,9 +511,10 @@ class Sampler:
     def process_logits(logits: torch.Tensor, meta: SamplingMetadata) -> torch.Tensor:
         """Logit bias, min_tokens suppression, penalties: what greedy takes the argmax of.
 
-        (N, V) float32 in, a new (N, V) float32 out (the input is left untouched).
+        (N, V) float32 in, (N, V) float32 out; the input is never written to.
         """
-        logits = logits.clone()
+        if meta.logit_bias is not None or meta.min_tokens_mask is not None:
+            logits = logits.clone()  # the in-place edits below must not reach the caller's
         if meta.logit_bias is not None:
             rows, ids, vals = meta.logit_bias
             logits.index_put_((rows, ids), vals, accumulate=True)
