@@ -1,0 +1,221 @@
+"""Reference paths of the paged-attention / fused ops, and their input validation (CPU)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tritium.ops.activation import silu_and_mul
+from tritium.ops.norm import rms_norm, rms_norm_reference
+from tritium.ops.paged_attention import (
+    AttentionMetadata,
+    paged_attention,
+    paged_attention_reference,
+    resolve_kv_cache_dtype,
+    write_kv_cache,
+    write_kv_cache_reference,
+)
+from tritium.ops.rotary import (
+    apply_rope,
+    apply_rope_reference,
+    rope_and_write_kv,
+    rope_cos_sin_cache,
+)
+
+
+def _case(lens, news, page, Hq, Hk, D, seed=0):
+    """Sequences on shuffled pages -> (q, k_cache, v_cache, meta, per-sequence k, v)."""
+    g = torch.Generator().manual_seed(seed)
+    nblk = [math.ceil(L / page) for L in lens]
+    perm = torch.randperm(sum(nblk) + 2, generator=g)
+    bt = torch.zeros(len(lens), max(nblk), dtype=torch.int32)
+    kc = torch.full((perm.numel(), page, Hk, D), float("nan"))
+    vc = kc.clone()
+    ks, vs, slots, o = [], [], [], 0
+    for i, (L, n) in enumerate(zip(lens, nblk)):
+        bt[i, :n] = perm[o:o + n]
+        o += n
+        t = torch.arange(L)
+        slots.append(bt[i, t // page].long() * page + t % page)
+        ks.append(torch.randn(L, Hk, D, generator=g))
+        vs.append(torch.randn(L, Hk, D, generator=g))
+    write_kv_cache_reference(torch.cat(ks), torch.cat(vs), kc, vc, torch.cat(slots))
+    cu = torch.tensor([0, *news]).cumsum(0).to(torch.int32)
+    meta = AttentionMetadata(
+        slot_mapping=torch.cat([s[L - n:] for s, L, n in zip(slots, lens, news)]),
+        block_tables=bt, seq_lens=torch.tensor(lens, dtype=torch.int32), cu_seqlens_q=cu,
+        max_seqlen_q=max(news), max_seqlen_k=max(lens), decode_only=all(n == 1 for n in news))
+    q = torch.randn(int(cu[-1]), Hq, D, generator=g)
+    return q, kc, vc, meta, ks, vs
+
+
+def _dense(q, k, v, n, window=None):
+    """One sequence: n new rows of q (n, Hq, D) at the end of k/v (L, Hk, D); fp64, dense mask."""
+    L, G = k.shape[0], q.shape[1] // k.shape[1]
+    k, v = k.double().repeat_interleave(G, 1), v.double().repeat_interleave(G, 1)
+    s = torch.einsum("nhd,lhd->hnl", q.double(), k) / math.sqrt(q.shape[-1])
+    rows = torch.arange(n)[:, None] + (L - n)
+    cols = torch.arange(L)[None, :]
+    keep = (cols <= rows) & ((cols > rows - window) if window else True)
+    return torch.einsum("hnl,lhd->nhd", s.masked_fill(~keep, -math.inf).softmax(-1), v)
+
+
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("window", [None, 7])
+def test_paged_reference_matches_dense(page, window):
+    lens, news = [1, 17, 113, 32], [1, 17, 9, 1]
+    q, kc, vc, meta, ks, vs = _case(lens, news, page, 9, 3, 16)
+    out = paged_attention(q, kc, vc, meta, sliding_window=window)  # CPU -> reference
+    cu = meta.cu_seqlens_q.tolist()
+    for i, n in enumerate(news):
+        ref = _dense(q[cu[i]:cu[i + 1]], ks[i], vs[i], n, window)
+        torch.testing.assert_close(out[cu[i]:cu[i + 1]].double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_write_reference_skips_negative_slots_and_quantizes_fp8():
+    k = torch.tensor([[[1.0, -2.0, 1000.0, 0.3]]]).expand(3, 1, 4).contiguous()
+    kc = torch.zeros(2, 2, 1, 4, dtype=torch.float8_e4m3fn)
+    vc = kc.clone()
+    write_kv_cache_reference(k, k, kc, vc, torch.tensor([2, -1, 0]), 0.5, 2.0)
+    flat_k, flat_v = kc.view(4, 4).float(), vc.view(4, 4).float()
+    expect_k = torch.tensor([2.0, -4.0, 448.0, 0.625])  # x / 0.5, saturated, 3-bit mantissa
+    expect_v = torch.tensor([0.5, -1.0, 448.0, 0.15625])  # 0.15 -> nearest e4m3 0.15625
+    for slot in (0, 2):
+        torch.testing.assert_close(flat_k[slot], expect_k)
+        torch.testing.assert_close(flat_v[slot], expect_v)
+    assert flat_k[1].abs().sum() == 0 and flat_k[3].abs().sum() == 0
+
+
+def test_fp8_reference_dequantizes():
+    q, kc, vc, meta, ks, vs = _case([40, 5], [1, 1], 16, 4, 2, 16, seed=3)
+    kc8 = (kc / 0.01).clamp(-448, 448).to(torch.float8_e4m3fn)
+    vc8 = (vc / 0.02).clamp(-448, 448).to(torch.float8_e4m3fn)
+    out = paged_attention_reference(q, kc8, vc8, meta, k_scale=0.01, v_scale=0.02)
+    deq = paged_attention_reference(q, kc8.float() * 0.01, vc8.float() * 0.02, meta)
+    torch.testing.assert_close(out, deq, atol=1e-6, rtol=1e-5)
+    exact = paged_attention_reference(q, kc, vc, meta)
+    rel = ((out - exact).norm() / exact.norm()).item()
+    assert 1e-3 < rel < 0.06, rel  # e4m3: 3 mantissa bits -> a few percent, never zero
+
+
+def test_resolve_kv_cache_dtype():
+    assert resolve_kv_cache_dtype("auto", torch.bfloat16) == torch.bfloat16
+    assert resolve_kv_cache_dtype("fp8", torch.bfloat16) == torch.float8_e4m3fn
+    assert resolve_kv_cache_dtype("fp8_e4m3", torch.float16) == torch.float8_e4m3fn
+    with pytest.raises(ValueError, match="fp8_e5m2"):
+        resolve_kv_cache_dtype("fp8_e5m2", torch.bfloat16)
+    with pytest.raises(ValueError, match="model dtype"):
+        resolve_kv_cache_dtype("fp16", torch.bfloat16)
+
+
+# -- validation ------------------------------------------------------------------------------
+def test_paged_attention_validation():
+    q, kc, vc, meta, _, _ = _case([5, 9], [1, 1], 4, 4, 2, 16)
+    with pytest.raises(TypeError, match="q must be float16"):
+        paged_attention(q.double(), kc, vc, meta)
+    with pytest.raises(ValueError, match=r"q must be \(T, heads, head_dim\)"):
+        paged_attention(q[None], kc, vc, meta)
+    with pytest.raises(TypeError, match="k_cache dtype"):
+        paged_attention(q, kc.half(), vc, meta)
+    with pytest.raises(ValueError, match="multiple of KV heads"):
+        paged_attention(q[:, :3], kc, vc, meta)
+    with pytest.raises(ValueError, match="head_dim"):
+        paged_attention(q[..., :8], kc, vc, meta)
+    with pytest.raises(ValueError, match="must match"):
+        paged_attention(q, kc, vc[:, :2], meta)
+    with pytest.raises(ValueError, match="one query row per sequence"):
+        paged_attention(q[:1], kc, vc, meta)
+    bad = AttentionMetadata(**{**meta.__dict__, "block_tables": meta.block_tables.float()})
+    with pytest.raises(TypeError, match="meta.block_tables must be int32 or int64"):
+        paged_attention(q, kc, vc, bad)
+    bad = AttentionMetadata(**{**meta.__dict__, "cu_seqlens_q": meta.cu_seqlens_q[:2]})
+    with pytest.raises(ValueError, match=r"cu_seqlens_q \(N\+1,\)"):
+        paged_attention(q, kc, vc, bad)
+    with pytest.raises(ValueError, match="scales apply to fp8"):
+        paged_attention(q, kc, vc, meta, k_scale=0.5)
+    with pytest.raises(ValueError, match="k_scale must be a finite positive"):
+        paged_attention(q, kc.to(torch.float8_e4m3fn), vc.to(torch.float8_e4m3fn), meta,
+                        k_scale=0.0)
+    with pytest.raises(ValueError, match="sliding_window"):
+        paged_attention(q, kc, vc, meta, sliding_window=0)
+    with pytest.raises(TypeError, match="meta must be AttentionMetadata"):
+        paged_attention(q, kc, vc, meta.__dict__)
+
+
+def test_write_kv_cache_validation():
+    k = torch.randn(3, 2, 8)
+    kc = torch.zeros(2, 4, 2, 8)
+    with pytest.raises(ValueError, match="does not fit cache"):
+        write_kv_cache(k, k, torch.zeros(2, 4, 3, 8), torch.zeros(2, 4, 3, 8),
+                       torch.arange(3))
+    with pytest.raises(ValueError, match="slot_mapping has 2 slots for 3 tokens"):
+        write_kv_cache(k, k, kc, kc.clone(), torch.arange(2))
+    with pytest.raises(TypeError, match="slot_mapping must be int32 or int64"):
+        write_kv_cache(k, k, kc, kc.clone(), torch.arange(3.0))
+    with pytest.raises(ValueError, match="same shape"):
+        write_kv_cache(k, k[:, :1], kc, kc.clone(), torch.arange(3))
+    with pytest.raises(ValueError, match="contiguous last dim"):
+        write_kv_cache(k, k, kc.transpose(2, 3), kc.transpose(2, 3), torch.arange(3))
+
+
+def test_rope_validation_and_fused_reference():
+    cs = rope_cos_sin_cache(8, 16, 10000.0)
+    q, k = torch.randn(3, 4, 8), torch.randn(3, 2, 8)
+    pos = torch.tensor([0, 5, 15])
+    with pytest.raises(TypeError, match="positions must be an int32/int64"):
+        apply_rope(q, k, pos.float(), cs)
+    with pytest.raises(ValueError, match="positions shape"):
+        apply_rope(q, k, pos[:2], cs)
+    with pytest.raises(ValueError, match="cos_sin_cache must be"):
+        apply_rope(q, k, pos, cs[:, :4])
+    with pytest.raises(TypeError, match="cos_sin_cache must be float32"):
+        apply_rope(q, k, pos, cs.half())
+    with pytest.raises(ValueError, match="same even head_dim"):
+        apply_rope(q[..., :7], k[..., :7], pos, cs[:, :7])
+    kc, vc = torch.zeros(2, 4, 2, 8), torch.zeros(2, 4, 2, 8)
+    slots = torch.tensor([7, -1, 0])
+    q_rot, k_rot = rope_and_write_kv(q, k, k * 2, pos, cs, kc, vc, slots)
+    q_ref, k_ref = apply_rope_reference(q, k, pos, cs)
+    torch.testing.assert_close(q_rot, q_ref)
+    torch.testing.assert_close(kc.view(8, 2, 8)[[7, 0]], k_ref[[0, 2]])
+    torch.testing.assert_close(vc.view(8, 2, 8)[[7, 0]], 2 * k[[0, 2]])
+    assert kc.view(8, 2, 8)[1:7].abs().sum() == 0
+
+
+def test_norm_and_activation_validation():
+    x, w = torch.randn(3, 8), torch.ones(8)
+    with pytest.raises(ValueError, match="weight must be"):
+        rms_norm(x, torch.ones(7), 1e-6)
+    with pytest.raises(ValueError, match="residual"):
+        rms_norm(x, w, 1e-6, residual=torch.randn(3, 7))
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        rms_norm(x.long(), w, 1e-6)
+    with pytest.raises(ValueError, match="eps"):
+        rms_norm(x, w, -1.0)
+    with pytest.raises(ValueError, match="last dim must be even"):
+        silu_and_mul(torch.randn(3, 7))
+    with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
+        silu_and_mul(torch.ones(3, 8, dtype=torch.int32))
+
+
+def test_grad_calls_take_the_reference_path(interpret):
+    """With the interpreter on, a call that needs autograd must still be differentiable."""
+    x = torch.randn(4, 16, requires_grad=True)
+    w = torch.randn(16, requires_grad=True)
+    y = rms_norm(x, w, 1e-6)
+    y.sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    w2 = w.detach().clone().requires_grad_()
+    rms_norm_reference(x2, w2, 1e-6).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+    g = torch.randn(4, 32, requires_grad=True)
+    silu_and_mul(g).sum().backward()
+    assert g.grad is not None and g.grad.abs().sum() > 0
+    cs = rope_cos_sin_cache(8, 16, 10000.0)
+    q = torch.randn(3, 2, 8, requires_grad=True)
+    q_rot, _ = apply_rope(q, torch.randn(3, 1, 8), torch.tensor([1, 2, 3]), cs)
+    q_rot.sum().backward()
+    assert q.grad is not None
