@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+import tritium.kernels.flash_attn  # noqa: F401  (decorated now, under conftest's
+import tritium.kernels.flash_attn_bwd  # noqa: F401  TRITON_INTERPRET=1: see tests/conftest.py)
 import tritium.ops.block_mask as bmod
 from tritium.ops.block_mask import (
     BlockMask,
@@ -21,6 +23,16 @@ from tritium.ops.block_mask import (
 from tritium.ops.mask_mods import MaskMod, tile_hint_of
 
 SQ, SK = 113, 203  # odd lengths: both last blocks padded
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many small ops: on the shared, loaded 2-core machine two intra-op threads mostly wait
+    for each other, so these tests run single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def dense_of(mod, B, H, Sq, Sk) -> torch.Tensor:
@@ -221,3 +233,57 @@ def test_bad_input():
     with pytest.raises(ValueError, match="mask_tiles"):
         BlockMask(64, 64, 16, 16, bm.kv_num_blocks, bm.kv_indices, bm.partial_tile_ids,
                   bm.mask_tiles.bool(), bm.full_kv_num_blocks, bm.full_kv_indices)
+
+
+# -- end to end: the FlashAttention kernels (interpreter) consume these masks -----------------
+
+# (fwd atol/rtol, grad atol/rtol). fp32: interpreter dots are exact fp32, only summation order
+# differs. fp16, loose: P and dS are rounded to fp16 before their matmuls (as flash-attn).
+E2E_TOL = {torch.float32: (3e-5, 1e-4), torch.float16: (3e-3, 2e-2)}
+
+
+def _per_head_window(b, h, q, kv):
+    return (kv <= q + 40 - 23) & (kv >= q - 9 * (h + 1))  # bottom-right causal, width by head
+
+
+E2E = {  # B, Sq, Sk, q block, kv block, mask_mod (None: random dense), dtype
+    "causal_document_per_batch": (2, 64, 64, 16, 32, causal_mask & MODS["document_batched"],
+                                  torch.float16),
+    "prefix_per_batch": (2, 48, 48, 32, 16, prefix_lm_mask(torch.tensor([0, 37])), torch.float32),
+    "per_head_window_short_q": (1, 23, 40, 16, 16, _per_head_window, torch.float32),
+    "random_with_empty_rows": (1, 37, 50, 16, 16, None, torch.float16),
+}
+
+
+@pytest.mark.parametrize("case", list(E2E))
+def test_flash_attn_func_with_block_mask(case, interpret):
+    import tritium.ops.attention as attn
+    from tritium.ops.attention_reference import attention_reference
+
+    B, Sq, Sk, qbs, kbs, mod, dtype = E2E[case]
+    Hq, Hk, D = 2, 1, 16
+    torch.manual_seed(0)
+    if mod is None:
+        dense = torch.rand(B, 1, Sq, Sk) < 0.6
+        dense[:, :, 5:9] = False  # empty rows: output 0, lse -inf
+        bm = block_mask_from_dense(dense, qbs, kbs)
+    else:
+        bm = create_block_mask(mod, B, Hq, Sq, Sk, "cpu", qbs, kbs)
+        dense = dense_of(mod, B, Hq, Sq, Sk)
+    q = torch.randn(B, Sq, Hq, D).to(dtype).requires_grad_()
+    k = torch.randn(B, Sk, Hk, D).to(dtype).requires_grad_()
+    v = torch.randn(B, Sk, Hk, D).to(dtype).requires_grad_()
+    out, lse = attn.flash_attn_func(q, k, v, block_mask=bm, return_lse=True)
+    dout = torch.randn_like(out)
+    dq, dk, dv = torch.autograd.grad((out.float() * dout.float()).sum(), (q, k, v))
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    ref, ref_lse = attention_reference(*leaves, mask=dense, return_lse=True)
+    refs = torch.autograd.grad((ref * dout.float()).sum(), leaves)
+    fwd_tol, grad_tol = E2E_TOL[dtype], (E2E_TOL[dtype][1],) * 2
+    torch.testing.assert_close(out.float(), ref, atol=fwd_tol[0], rtol=fwd_tol[0])
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse))
+    fin = ~torch.isinf(ref_lse)
+    torch.testing.assert_close(lse[fin], ref_lse[fin], atol=fwd_tol[0], rtol=fwd_tol[0])
+    for name, got, want in zip(("dq", "dk", "dv"), (dq, dk, dv), refs):
+        torch.testing.assert_close(got.float(), want, atol=grad_tol[0], rtol=grad_tol[1],
+                                   msg=lambda m, n=name: f"{n}: {m}")
