@@ -121,6 +121,7 @@ class FakeEngine:
         self.waiting: list[_Request] = []
         self.running: list[_Request] = []
         self.num_steps = 0
+        self.num_preemptions = 0
 
     # -- interface --
     def add_request(self, request_id: str, prompt: str | list[int], params: Any,
@@ -134,6 +135,9 @@ class FakeEngine:
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit max_model_len "
                              f"{self.max_model_len}")
+        if self._blocks_for(len(ids) + 1) * params.n > self.num_blocks:
+            raise ValueError(f"prompt of {len(ids)} tokens x n={params.n} can never fit the "
+                             f"{self.num_blocks}-block KV cache")
         for tid in (params.logit_bias or {}):
             if not 0 <= tid < VOCAB_SIZE:
                 raise ValueError(f"logit_bias token id {tid} outside the vocabulary")
@@ -170,7 +174,7 @@ class FakeEngine:
             "num_free_blocks": self.free_blocks,
             "prefix_cache_queries": 0,
             "prefix_cache_hits": 0,
-            "num_preemptions": 0,
+            "num_preemptions": self.num_preemptions,
         }
 
     def step(self) -> list[RequestOutput]:
@@ -179,6 +183,7 @@ class FakeEngine:
         self.num_steps += 1
         self._admit()
         outputs = []
+        any_progress = False
         for req in list(self.running):
             progressed = False
             for seq in req.seqs:
@@ -191,6 +196,13 @@ class FakeEngine:
                 self._free(req)
             if progressed or finished:
                 outputs.append(self._output(req, finished))
+            any_progress = any_progress or progressed
+        if not any_progress and self.running:
+            # Out of blocks: preempt the newest request (recompute), as a real engine does.
+            victim = self.running.pop()
+            self._free(victim)
+            self.waiting.insert(0, victim)
+            self.num_preemptions += 1
         return outputs
 
     # -- internals --
@@ -201,13 +213,14 @@ class FakeEngine:
         while self.waiting:
             req = self.waiting[0]
             n_running = sum(len(r.seqs) for r in self.running)
-            need = self._blocks_for(len(req.prompt_ids) + 1) * len(req.seqs)
-            if n_running + len(req.seqs) > self.max_num_seqs or need > self.free_blocks:
+            per_seq = [self._blocks_for(len(req.prompt_ids) + len(s.token_ids) + 1)
+                       for s in req.seqs]
+            if n_running + len(req.seqs) > self.max_num_seqs or sum(per_seq) > self.free_blocks:
                 return
             self.waiting.pop(0)
-            for seq in req.seqs:
-                seq.blocks = self._blocks_for(len(req.prompt_ids) + 1)
-            self.free_blocks -= need
+            for seq, blocks in zip(req.seqs, per_seq):
+                seq.blocks = blocks
+            self.free_blocks -= sum(per_seq)
             self.running.append(req)
 
     def _grow(self, req: _Request, seq: _Seq) -> bool:
