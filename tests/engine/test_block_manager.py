@@ -85,6 +85,14 @@ def test_block_with_last_token_is_never_reused():
     assert len(bm.lookup(seq_of(range(1, 10), "c"))) == 2  # one more token: both blocks
 
 
+def test_prompt_logprobs_requests_take_no_hits_but_leave_blocks_cached():
+    bm = BlockManager(num_blocks=16, block_size=4)
+    a = seq_of(range(1, 14), "a", prompt_logprobs=2)
+    admit(bm, a)
+    assert bm.lookup(seq_of(range(1, 14), "b", prompt_logprobs=0)) == []
+    assert bm.lookup(seq_of(range(1, 14), "c")) == a.block_table[:3]
+
+
 def test_hash_is_chained_so_position_matters():
     bm = BlockManager(num_blocks=16, block_size=2)
     admit(bm, seq_of([1, 2, 3, 4, 5], "a"))

@@ -4,6 +4,8 @@ n > 1 siblings, aborts; a randomized workload checked against a per-request refe
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 from factories import (
@@ -292,6 +294,24 @@ def test_siblings_share_prompt_blocks_and_match_separate_requests(prefix_caching
     assert_no_leaks(sched)
 
 
+def test_siblings_with_prompt_logprobs_compute_their_whole_prompt():
+    sched = make_scheduler()
+    model = FakeModel(64, 4)
+    sibs = make_request("r", list(range(3, 17)), n=2, max_tokens=3, prompt_logprobs=1)
+    sched.add(sibs)
+    out, _ = step(sched, model)
+    assert [s.num_new_tokens for s in out.scheduled] == [14, 14]  # no waiting, no hits
+    run_to_completion(sched, model)
+    assert [s.num_cached_tokens for s in sibs] == [0, 0]
+    assert_no_leaks(sched)
+
+
+def test_scheduler_side_imports_no_torch():
+    code = ("import sys; import tritium.engine.scheduler, tritium.engine.detokenizer, "
+            "tritium.engine.config, tritium.engine.outputs; assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 # -- metrics -----------------------------------------------------------------------------------
 
 
@@ -332,7 +352,8 @@ def _random_workload(seed: int, prefix_caching: bool):
         params = make_params(
             n=rng.choice([1, 1, 1, 2, 3]), seed=rng.randrange(1 << 30), max_tokens=max_tokens,
             min_tokens=rng.choice([0, 0, 2]), ignore_eos=rng.random() < 0.3,
-            stop_token_ids=rng.choice([[], [rng.randrange(50)]]))
+            stop_token_ids=rng.choice([[], [rng.randrange(50)]]),
+            prompt_logprobs=rng.choice([None, None, None, None, 1]))
         arrivals.setdefault(rng.randrange(60), []).append((f"r{i}", prompt, params))
     return rng, sched, model, arrivals
 

@@ -134,9 +134,13 @@ class BlockManager:
     def lookup(self, seq: Sequence) -> list[int]:
         """Cached blocks holding the leading tokens of ``seq``, which must hold no blocks yet.
 
-        Never includes the block holding the last known token (see module docstring).
+        Never includes the block holding the last known token (see module docstring). A
+        request asking for prompt logprobs gets no hits: every prompt position's logits must be
+        computed (as in vLLM). Its blocks are still cached for others.
         """
         if seq.block_table or not self._uses_hashing(seq):
+            return []
+        if seq.sampling_params.prompt_logprobs is not None:
             return []
         hits = []
         for i in range(self._num_hashable(seq, seq.num_tokens - 1)):

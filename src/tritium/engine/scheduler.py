@@ -277,8 +277,8 @@ class Scheduler:
 
     def _sibling_computing_shared_prompt(self, seq: Sequence) -> bool:
         """A running sibling has not yet computed the prompt blocks ``seq`` would share."""
-        if seq.sampling_params.n == 1:
-            return False
+        if seq.sampling_params.n == 1 or seq.sampling_params.prompt_logprobs is not None:
+            return False  # nothing to share (prompt logprobs take no cache hits)
         shareable = (seq.num_prompt_tokens - 1) // self.block_size * self.block_size
         return any(
             s is not seq and s.status is SequenceStatus.RUNNING
