@@ -22,7 +22,7 @@ from factories import (
 
 from tritium.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from tritium.engine.scheduler import Scheduler
-from tritium.engine.sequence import SequenceStatus
+from tritium.engine.sequence import SequenceStatus, create_sequences
 
 
 def step(sched: Scheduler, model: FakeModel, tokens=None):
@@ -90,6 +90,22 @@ def test_add_rejects_requests_that_can_never_run():
     with pytest.raises(ValueError, match="at least one token"):
         make_request("empty", [])
     assert list(sched.requests) == ["ok"]
+
+
+def test_sequences_of_a_request():
+    import numpy as np
+
+    sibs = create_sequences("r", np.array([5, 6, 7]), make_params(n=3, seed=10))
+    assert [s.index for s in sibs] == [0, 1, 2] and [s.seed for s in sibs] == [10, 11, 12]
+    assert sibs[0].prompt_token_ids == [5, 6, 7] and type(sibs[0].token_ids[0]) is int
+    assert len({s.seq_id for s in sibs}) == 3
+    unseeded = create_sequences("u", [1], make_params(n=2, seed=None))
+    assert unseeded[0].seed != unseeded[1].seed  # fresh random seeds
+    with pytest.raises(ValueError, match="must be integers"):
+        create_sequences("f", [1.0, 2.0])
+    with pytest.raises(ValueError, match="negative"):
+        create_sequences("neg", [3, -1])
+    assert sibs[0].metrics.num_output_tokens == 0 and sibs[0].status is SequenceStatus.WAITING
 
 
 # -- one budget: chunks and decodes ------------------------------------------------------------
@@ -362,8 +378,6 @@ def _random_workload(seed: int, prefix_caching: bool):
 @pytest.mark.parametrize("seed", range(6))
 def test_random_workload(seed, prefix_caching):
     rng, sched, model, arrivals = _random_workload(seed, prefix_caching)
-    from tritium.engine.sequence import create_sequences
-
     all_seqs, aborted = [], set()
     chunked = max_refs = 0
     for step_no in range(5000):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import operator
 import secrets
 import time
 from collections.abc import Sequence as SequenceABC
@@ -66,8 +67,9 @@ class Sequence:
         index: sibling index in [0, n).
         sampling_params: the request's settings (shared by siblings).
         seed: this sibling's sampling seed (the sampler's per-row seed).
+        prompt_token_ids: the prompt.
         token_ids: prompt followed by outputs.
-        num_prompt_tokens: length of the prompt prefix of ``token_ids``.
+        num_prompt_tokens: length of the prompt.
         output_token_ids: generated tokens.
         num_computed_tokens: tokens whose K/V are in the cache.
         num_cached_tokens: tokens served by the prefix cache at (latest) admission.
@@ -94,12 +96,7 @@ class Sequence:
         params = sampling_params if sampling_params is not None else SamplingParams()
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be SamplingParams, got {type(params).__name__}")
-        tokens = list(prompt_token_ids)
-        if not tokens:
-            raise ValueError(f"request {request_id!r}: the prompt must have at least one token")
-        for t in tokens:
-            if not isinstance(t, int) or isinstance(t, bool) or t < 0:
-                raise ValueError(f"request {request_id!r}: bad prompt token id {t!r}")
+        tokens = _token_ids(request_id, prompt_token_ids)
         if not 0 <= index < params.n:
             raise ValueError(f"index must be in [0, n={params.n}), got {index}")
         self.seq_id = next(_seq_counter)
@@ -108,7 +105,8 @@ class Sequence:
         self.sampling_params = params
         self.seed = default_seed(params.seed, index) if seed is None else seed
         self.prompt = prompt
-        self.token_ids: list[int] = tokens
+        self.prompt_token_ids: list[int] = tokens  # kept apart: read every step, never copied
+        self.token_ids: list[int] = list(tokens)
         self.num_prompt_tokens = len(tokens)
         self.output_token_ids: list[int] = []
         self.num_computed_tokens = 0
@@ -138,10 +136,6 @@ class Sequence:
         return len(self.output_token_ids)
 
     @property
-    def prompt_token_ids(self) -> list[int]:
-        return self.token_ids[: self.num_prompt_tokens]
-
-    @property
     def last_token_id(self) -> int:
         return self.token_ids[-1]
 
@@ -166,6 +160,18 @@ class Sequence:
         if self.output_logprobs is not None and logprob is not None:
             self.output_logprobs.append(logprob)
             self.cumulative_logprob += float(logprob.logprob)
+
+
+def _token_ids(request_id: str, ids: SequenceABC[int]) -> list[int]:
+    try:
+        tokens = [operator.index(t) for t in ids]  # accepts numpy ints, refuses floats
+    except TypeError:
+        raise ValueError(f"request {request_id!r}: prompt token ids must be integers") from None
+    if not tokens:
+        raise ValueError(f"request {request_id!r}: the prompt must have at least one token")
+    if min(tokens) < 0:
+        raise ValueError(f"request {request_id!r}: negative prompt token id {min(tokens)}")
+    return tokens
 
 
 def create_sequences(
