@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-from tritium.server.bench import add_arguments, main
+from tritium.server.args import add_bench_serve_arguments
+from tritium.server.bench import main
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
+    add_bench_serve_arguments(parser)
     main(parser.parse_args())

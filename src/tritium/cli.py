@@ -236,9 +236,44 @@ def run_chat(args: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": reply})
 
 
+# -- serve / bench -------------------------------------------------------------------------
+
+def add_serve_command(subparsers: Any) -> None:
+    from tritium.server.args import add_serve_arguments, run_serve
+
+    p = subparsers.add_parser("serve", help="OpenAI-compatible HTTP server",
+                              description="Serve the model over an OpenAI-compatible HTTP API: "
+                              "/v1/completions, /v1/chat/completions, /v1/models, /health, "
+                              "/metrics, and a chat playground at /.")
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+
+
+def add_bench_serve(bench_subparsers: Any) -> None:
+    from tritium.server.args import add_bench_serve_arguments, run_bench_serve
+
+    p = bench_subparsers.add_parser("serve", help="online serving benchmark (any OpenAI server)",
+                                    description="Poisson arrivals against an OpenAI-compatible "
+                                    "server; TTFT/TPOT/ITL/E2EL and goodput as vLLM defines them.")
+    add_bench_serve_arguments(p)
+    p.set_defaults(func=run_bench_serve)
+
+
+BENCH_COMMANDS: list[Callable[[Any], None]] = [add_bench_serve]  # each adds `tritium bench NAME`
+
+
+def add_bench_command(subparsers: Any) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks", description="Run a benchmark.")
+    bench = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", parser_class=_Parser)
+    bench.required = True
+    for add in BENCH_COMMANDS:
+        add(bench)
+
+
 # -- entry point ---------------------------------------------------------------------------
 
-COMMANDS: list[Callable[[Any], None]] = [add_generate_command, add_chat_command]
+COMMANDS: list[Callable[[Any], None]] = [add_generate_command, add_chat_command,
+                                         add_serve_command, add_bench_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

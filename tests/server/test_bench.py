@@ -9,9 +9,9 @@ import random
 
 import pytest
 
+from tritium.server.args import add_bench_serve_arguments
 from tritium.server.bench import (
     RequestResult,
-    add_arguments,
     chat_workload,
     main,
     random_workload,
@@ -64,7 +64,7 @@ def test_workloads_are_seeded_and_sized():
 def test_live_run_against_fake_server(make_fake_server, tmp_path, capsys):
     server = make_fake_server(step_delay=0.002, max_num_seqs=8)
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_bench_serve_arguments(parser)
     out = tmp_path / "serve.json"
     args = parser.parse_args([
         "--base-url", server.url, "--workload", "random", "--num-prompts", "12",

@@ -218,37 +218,6 @@ async def resolve_model(base_url: str, model: str | None, api_key: str | None) -
         return r.json()["data"][0]["id"]
 
 
-# ---------------------------------------------------------------------------------- CLI
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base-url", default="http://127.0.0.1:8000",
-                   help="server to benchmark: tritium, vLLM, SGLang, ... (default: %(default)s)")
-    p.add_argument("--model", default=None, help="model name to send (default: the server's "
-                   "first /v1/models entry)")
-    p.add_argument("--api-key", default=None)
-    p.add_argument("--workload", choices=["random", "chat"], default="random")
-    p.add_argument("--num-prompts", type=int, default=100)
-    p.add_argument("--random-input-len", type=int, default=128)
-    p.add_argument("--random-output-len", type=int, default=64)
-    p.add_argument("--random-range-ratio", type=float, default=0.0)
-    p.add_argument("--random-vocab-range", type=int, nargs=2, default=[1000, 20000],
-                   metavar=("LO", "HI"), help="token ids drawn from [LO, HI)")
-    p.add_argument("--chat-input-words", type=int, default=60)
-    p.add_argument("--chat-output-len", type=int, default=64)
-    p.add_argument("--ignore-eos", action="store_true", help="chat workload: never stop early")
-    p.add_argument("--request-rate", type=float, nargs="+", default=[math.inf],
-                   help="requests/s (one run per value; inf = all at once)")
-    p.add_argument("--burstiness", type=float, default=1.0,
-                   help="gamma shape of inter-arrival times (1 = Poisson)")
-    p.add_argument("--max-concurrency", type=int, default=None)
-    p.add_argument("--goodput", nargs="*", default=[], metavar="METRIC:MS",
-                   help="SLOs for goodput, e.g. ttft:500 tpot:100 e2el:5000")
-    p.add_argument("--percentiles", default="50,90,99")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--result-json", default=None, metavar="PATH",
-                   help="write config, metrics and per-request results here")
-    p.add_argument("--label", default=None, help="free text stored in the JSON (device, ...)")
-
-
 def _parse_slos(items: list[str]) -> dict[str, float]:
     slos = {}
     for item in items:
