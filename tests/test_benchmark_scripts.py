@@ -1,0 +1,36 @@
+"""Benchmark scripts start and produce their JSON: CPU smoke modes, run as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_attention_benchmark_smoke(tmp_path):
+    out = tmp_path / "attention.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0"}  # tritium's CPU reference path
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention.py"), "--smoke",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "TFLOP/s" in proc.stdout
+    res = json.loads(out.read_text())
+    assert res["config"]["device"] == "cpu" and res["environment"]["torch"]
+    rows = res["results"]
+    cases = {r["case"] for r in rows}
+    assert cases == {"dense", "varlen", "document", "sliding"}
+    tritium = [r for r in rows if r["peer"].startswith("tritium")]
+    assert len(tritium) == 4 + 1 + 1 + 2  # dense (2 S x 2 masks), varlen, document, sliding x2
+    for r in tritium:  # each checked against SDPA, then timed in every mode
+        assert r["correct"] is True and r["error"] is None, r
+        assert max(r["rel_err"].values()) < 1e-4
+        for mode in ("fwd", "bwd", "fwd+bwd"):
+            assert r[f"{mode}_ms"] > 0 and r[f"{mode}_tflops"] > 0
+    # a missing or failing peer is recorded, not fatal
+    assert all(r.get("fwd_ms") or r["error"] for r in rows)
+    assert "document_over_varlen_time_fwd+bwd" in res["summary"]
