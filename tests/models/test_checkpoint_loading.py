@@ -181,6 +181,16 @@ def test_folder_without_config(tmp_path):
         load_checkpoint(tmp_path)
 
 
+def test_folder_without_tokenizer_files(tmp_path, llama_folder):
+    folder = _copy_folder(llama_folder[0], tmp_path / "m")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).unlink()
+    with pytest.raises(ModelLoadError, match="has no tokenizer files .*tokenizer=False") as info:
+        load_checkpoint(folder)
+    assert "\n" not in str(info.value)
+    assert load_checkpoint(folder, tokenizer=False).tokenizer is None
+
+
 def test_unreadable_file_really(tmp_path, llama_folder):
     folder = _copy_folder(llama_folder[0], tmp_path / "m")
     os.chmod(folder / "config.json", 0)

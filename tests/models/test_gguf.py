@@ -409,3 +409,19 @@ def test_gguf_without_tokenizer(tmp_path):
     write_gguf(path, tokenizer=False)
     with pytest.raises(ModelLoadError, match="holds no tokenizer.*tokenizer=False"):
         load_checkpoint(path)
+
+
+def test_fast_reader_reads_what_gguf_reader_reads(tmp_path):
+    """open_gguf parses through a plain-ndarray view (faster); results must be identical."""
+    from tritium.models.gguf import gguf_metadata, open_gguf
+
+    path = tmp_path / "m.gguf"
+    write_gguf(path, types=[LAYER_TYPES[1]] * LAYERS)
+    ours, plain = open_gguf(str(path)), gguf.GGUFReader(str(path))
+    md = gguf_metadata(ours)
+    assert md == gguf_metadata(plain)
+    assert md["tokenizer.ggml.tokens"][-1] == "<|im_end|>" and md["llama.block_count"] == LAYERS
+    assert md["tokenizer.ggml.token_type"][-3:] == [3, 3, 3]
+    assert [t.name for t in ours.tensors] == [t.name for t in plain.tensors]
+    for a, b in zip(ours.tensors, plain.tensors):
+        assert a.tensor_type == b.tensor_type and np.array_equal(a.data, b.data), a.name

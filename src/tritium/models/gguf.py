@@ -20,6 +20,7 @@ from gguf import GGUFReader, GGUFValueType
 from tritium.models.config import ModelConfig
 from tritium.models.dequant import SUPPORTED_QUANT_TYPES, dequantize, dequantize_flat
 from tritium.models.errors import ModelLoadError
+from tritium.models.tokenizer_cache import brief
 
 __all__ = ["SUPPORTED_QUANT_TYPES", "dequantize", "gguf_metadata", "hf_name",
            "load_gguf_state_dict", "open_gguf", "read_tensor", "unpermute_qk"]
@@ -61,7 +62,7 @@ def open_gguf(path: str) -> GGUFReader:
     try:
         reader = _Reader(path, "r")
     except Exception as e:  # the reader raises ValueError/KeyError/IndexError on damaged files
-        raise ModelLoadError(f"{path} is a damaged or truncated GGUF file ({e})") from e
+        raise ModelLoadError(f"{path} is a damaged or truncated GGUF file ({brief(e)})") from e
     if reader.byte_order != "I":
         raise ModelLoadError(f"{path} is a big-endian GGUF file, which is not supported")
     size = len(reader.data)
@@ -158,7 +159,7 @@ def read_tensor(t: Any, *, path: str) -> torch.Tensor:
     try:
         return dequantize(_raw_bytes(t.data), t.tensor_type, _torch_shape(t))
     except ValueError as e:
-        raise ModelLoadError(f"{path}: tensor {t.name} is damaged ({e})") from e
+        raise ModelLoadError(f"{path}: tensor {t.name} is damaged ({brief(e)})") from e
 
 
 # Tensors of one type are dequantized together, up to this many elements per batch: a few big

@@ -26,7 +26,7 @@ import torch
 
 from tritium.models.config import ModelConfig
 from tritium.models.errors import ModelLoadError
-from tritium.models.tokenizer_cache import load_folder_tokenizer, load_gguf_tokenizer
+from tritium.models.tokenizer_cache import brief, load_folder_tokenizer, load_gguf_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def _read_json(path: Path) -> Any:
     except OSError as e:
         raise ModelLoadError(f"cannot read {path}: {e.strerror or e}") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelLoadError(f"{path} is not valid JSON ({e})") from e
+        raise ModelLoadError(f"{path} is not valid JSON ({brief(e)})") from e
 
 
 def _load_hf_folder(folder: str, *, progress: bool, tokenizer: bool, dtype: torch.dtype | None
@@ -238,4 +238,5 @@ def _read_safetensors(file: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(file))
     except Exception as e:  # SafetensorError on a damaged header or a short file
-        raise ModelLoadError(f"{file} is a damaged or truncated safetensors file ({e})") from e
+        raise ModelLoadError(f"{file} is a damaged or truncated safetensors file ({brief(e)})"
+                             ) from e

@@ -56,11 +56,13 @@ def load_gguf_tokenizer(gguf_path: str, *, use_cache: bool = True) -> Any:
             logger.warning("ignoring unreadable tokenizer cache %s (%s)", target, e)
             shutil.rmtree(target, ignore_errors=True)
     start = time.perf_counter()
+    logger.info("converting the tokenizer of %s (once; later loads use the cache)", gguf_path)
     path = Path(gguf_path)
     try:
         tokenizer = _from_pretrained(str(path.parent), gguf_file=path.name)
     except Exception as e:
-        raise ModelLoadError(f"cannot build the tokenizer stored in {gguf_path} ({e})") from e
+        raise ModelLoadError(f"cannot build the tokenizer stored in {gguf_path} ({brief(e)})"
+                             ) from e
     logger.info("converted the GGUF tokenizer of %s in %.1f s", gguf_path,
                 time.perf_counter() - start)
     if target is not None:
@@ -68,12 +70,24 @@ def load_gguf_tokenizer(gguf_path: str, *, use_cache: bool = True) -> Any:
     return tokenizer
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
 def load_folder_tokenizer(folder: str) -> Any:
     """``AutoTokenizer.from_pretrained(folder)``, with ModelLoadError when it cannot."""
+    if not any((Path(folder) / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(f"{folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); "
+                             "load it with tokenizer=False to read the weights only")
     try:
         return _from_pretrained(folder)
     except Exception as e:
-        raise ModelLoadError(f"cannot load a tokenizer from {folder} ({e})") from e
+        raise ModelLoadError(f"cannot load a tokenizer from {folder} ({brief(e)})") from e
+
+
+def brief(e: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line, shortened: for the one-line ModelLoadError."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _from_pretrained(name: str, **kwargs: Any) -> Any:
