@@ -8,8 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, MistralConfig, Qwen2Config
 
-from tritium.models.config import ModelConfig, llama3_scaling_from_freq_factors
+from tritium.models.config import ModelConfig
 from tritium.models.errors import ModelLoadError
+from tritium.models.gguf_config import llama3_scaling_from_freq_factors
 from tritium.ops.rotary import rope_inv_freq
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
