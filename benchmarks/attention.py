@@ -53,6 +53,7 @@ class BenchConfig:
     time_budget_s: float = 480.0  # later cases are skipped (and recorded so) past this
     seed: int = 0
     compile_flex: bool = True
+    flex_static: bool = False  # torch.compile(dynamic=False): one compile per shape (slow)
     # Correctness: for out, dq, dk, dv, e = ||x - ref32|| / ||ref32|| against SDPA in fp32 must
     # stay within 2x SDPA's own error in cfg.dtype (or rel_floor): the bar flash-attn's tests use.
     rel_floor: float = 5e-3
@@ -153,18 +154,23 @@ def check(runner: Runner, ref, dout: torch.Tensor) -> dict[str, float]:
 
 
 def time_runner(runner: Runner, dout: torch.Tensor, cfg: BenchConfig, bench) -> dict:
+    """{mode: ms or an error string}: a mode that fails does not cost the others."""
     dout_l = to_layout(dout, runner.layout)
+
+    def bwd_fn():
+        out = runner.fn()
+        return lambda: torch.autograd.grad(out, runner.inputs, dout_l, retain_graph=True)
+
+    makers = {"fwd": lambda: runner.fn,
+              "bwd": bwd_fn,
+              "fwd+bwd": lambda: lambda: torch.autograd.grad(runner.fn(), runner.inputs, dout_l)}
     res = {}
     with runner.context():
-        if "fwd" in cfg.modes:
-            res["fwd"] = bench(runner.fn)
-        if "bwd" in cfg.modes:
-            out = runner.fn()
-            res["bwd"] = bench(lambda: torch.autograd.grad(out, runner.inputs, dout_l,
-                                                           retain_graph=True))
-        if "fwd+bwd" in cfg.modes:
-            res["fwd+bwd"] = bench(lambda: torch.autograd.grad(runner.fn(), runner.inputs,
-                                                               dout_l))
+        for mode in cfg.modes:
+            try:
+                res[mode] = bench(makers[mode]())
+            except Exception as e:  # noqa: BLE001 -- recorded per mode
+                res[mode] = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
     return res
 
 
@@ -203,8 +209,10 @@ def run_case(case: Case, cfg: BenchConfig, bench, deadline: float, rows: list,
             if name.startswith("tritium") and not row["correct"]:
                 row["error"] = "wrong result (or no reference): not timed"
             else:
-                ms = time_runner(runner, dout, cfg, bench)
-                for mode, t in ms.items():
+                for mode, t in time_runner(runner, dout, cfg, bench).items():
+                    if isinstance(t, str):
+                        row["error"] = f"{row['error'] or ''}{mode}: {t}; "
+                        continue
                     row[f"{mode}_ms"] = t
                     row[f"{mode}_tflops"] = case.flops(mode) / (t * 1e-3) / 1e12
         except Exception as e:  # noqa: BLE001 -- one failing peer must not end the run
@@ -287,6 +295,8 @@ def parse_args(argv=None) -> tuple[BenchConfig, argparse.Namespace]:
     p.add_argument("--head-dims", type=int, nargs="+", help="override the head dims")
     p.add_argument("--time-budget", type=float, help="seconds before later cases are skipped")
     p.add_argument("--no-compile-flex", action="store_true", help="FlexAttention uncompiled")
+    p.add_argument("--flex-static", action="store_true",
+                   help="compile FlexAttention with dynamic=False (recompiles per shape)")
     a = p.parse_args(argv)
     cfg = BenchConfig()
     if a.quick:
@@ -304,6 +314,8 @@ def parse_args(argv=None) -> tuple[BenchConfig, argparse.Namespace]:
         cfg = replace(cfg, time_budget_s=a.time_budget)
     if a.no_compile_flex:
         cfg = replace(cfg, compile_flex=False)
+    if a.flex_static:
+        cfg = replace(cfg, flex_static=True)
     return cfg, a
 
 
