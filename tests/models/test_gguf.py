@@ -178,7 +178,7 @@ def tiny_tokenizer_tokens() -> tuple[list[str], list[str], list[int]]:
 
 
 def write_gguf(path, *, arch="llama", tied=False, tokenizer=True, drop=(), ffn_length=I,
-               types=None, seed=0) -> dict[str, np.ndarray]:
+               types=None, seed=0, rope_freqs=None) -> dict[str, np.ndarray]:
     """Write a 2-layer model; return the HF-named float32 tensors load_checkpoint must produce."""
     rng = np.random.default_rng(seed)
     tokens, merges, token_types = tiny_tokenizer_tokens()
@@ -225,6 +225,8 @@ def write_gguf(path, *, arch="llama", tied=False, tokenizer=True, drop=(), ffn_l
         expected[hf_name(name)] = deq
 
     add("token_embd.weight", rng.standard_normal((vocab, H)), Q.Q8_0)
+    if rope_freqs is not None:  # llama.cpp's llama3 rope scaling: per-frequency divisors
+        w.add_tensor("rope_freqs.weight", np.asarray(rope_freqs, dtype=np.float32))
     add("output_norm.weight", 1 + 0.1 * rng.standard_normal(H), Q.F32)
     if not tied:
         add("output.weight", rng.standard_normal((vocab, H)), Q.Q6_K)
@@ -425,3 +427,21 @@ def test_fast_reader_reads_what_gguf_reader_reads(tmp_path):
     assert [t.name for t in ours.tensors] == [t.name for t in plain.tensors]
     for a, b in zip(ours.tensors, plain.tensors):
         assert a.tensor_type == b.tensor_type and np.array_equal(a.data, b.data), a.name
+
+
+def test_gguf_rope_freqs_tensor_becomes_llama3_scaling(tmp_path, caplog):
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    scaling = {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 256}
+    hf = LlamaConfig(hidden_size=H, num_attention_heads=HEADS, max_position_embeddings=4096,
+                     rope_parameters={"rope_theta": 50000.0, **scaling})
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](hf, "cpu")
+    base = 1.0 / 50000.0 ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.float64) / HEAD_DIM)
+    path = tmp_path / "rope.gguf"
+    want = write_gguf(path, tokenizer=False, rope_freqs=(base / scaled.double()).numpy())
+    ckpt = load_checkpoint(path, tokenizer=False, progress=False)
+    assert ckpt.config.rope_scaling == scaling
+    assert sorted(ckpt.state_dict) == sorted(want)  # rope_freqs is config, not a parameter
+    assert "ignoring" not in caplog.text
