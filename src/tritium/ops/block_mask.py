@@ -113,8 +113,9 @@ class BlockMask:
 
     def to_dense(self) -> torch.Tensor:
         """The boolean mask (B|1, H|1, Sq, Sk), True = attend. O(B*H*Sq*Sk) memory: for tests
-        and small shapes."""
-        state, tile = self.tile_states()
+        and small shapes. Vectorized; duck-typed, so ``BlockMask.to_dense(ns)`` also works on
+        any object with BlockMask's fields (e.g. a SimpleNamespace inside a custom op)."""
+        state, tile = BlockMask.tile_states(self)
         B, H, n_qb, n_kb = state.shape
         qbs, kbs = self.q_block_size, self.kv_block_size
         tiles = self.mask_tiles.bool()
