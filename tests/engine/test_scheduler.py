@@ -161,6 +161,24 @@ def test_waiting_requests_are_admitted_fcfs_within_max_num_seqs():
     assert_no_leaks(sched)
 
 
+def test_waiting_head_without_blocks_is_not_overtaken():
+    sched = make_scheduler(num_blocks=16, block_size=4, max_num_batched_tokens=64)
+    model = FakeModel(16, 4)
+    (a,) = make_request("a", 40, max_tokens=5, ignore_eos=True)
+    sched.add(a)
+    step(sched, model)  # a holds 10 of 16 blocks
+    (b,) = make_request("b", [7] * 30, max_tokens=2, ignore_eos=True)  # needs 8 blocks
+    (c,) = make_request("c", [8] * 4, max_tokens=2, ignore_eos=True)  # would fit in 1
+    sched.add(b)
+    sched.add(c)
+    out, _ = step(sched, model)
+    assert [s.seq.request_id for s in out.scheduled] == ["a"]  # c waits behind b
+    run_to_completion(sched, model)
+    assert b.metrics.first_scheduled_time <= c.metrics.first_scheduled_time
+    expect_reference(sched, [a, b, c])
+    assert_no_leaks(sched)
+
+
 # -- preemption --------------------------------------------------------------------------------
 
 

@@ -153,11 +153,10 @@ class BlockManager:
     # -- allocation ------------------------------------------------------------------------
 
     def _blocks_needed(self, seq: Sequence, num_new_tokens: int, cached_blocks: list[int]) -> int:
-        if seq.block_table:
+        if cached_blocks:  # admission: the new tokens follow the cached ones
+            start, have = len(cached_blocks) * self.block_size, len(cached_blocks)
+        else:  # a sequence holding no blocks has num_computed_tokens == 0
             start, have = seq.num_computed_tokens, len(seq.block_table)
-        else:
-            start = have = len(cached_blocks)
-            start *= self.block_size
         return -(-(start + num_new_tokens) // self.block_size) - have
 
     def can_allocate(
@@ -168,11 +167,13 @@ class BlockManager:
         ``cached_blocks`` (from :meth:`lookup`, for a sequence holding no blocks) are taken
         first; the new tokens follow them.
         """
-        cached_blocks = cached_blocks or []
         needed = self._blocks_needed(seq, num_new_tokens, cached_blocks)
-        # Cached hits that sit in the evictable pool stop being available once taken.
-        reclaimed = sum(1 for b in cached_blocks if b in self._evictable)
-        return needed <= self.num_free_blocks - reclaimed
+        if needed <= 0:
+            return True  # the common decode step: room left in the last block
+        available = len(self._free) + len(self._evictable)
+        if cached_blocks:  # hits sitting in the evictable pool stop being available once taken
+            available -= sum(1 for b in cached_blocks if b in self._evictable)
+        return needed <= available
 
     def allocate(
         self, seq: Sequence, num_new_tokens: int, cached_blocks: list[int] | None = None
@@ -184,7 +185,6 @@ class BlockManager:
         len(cached_blocks) * block_size``; the ``num_new_tokens`` come after them.
         Raises RuntimeError when :meth:`can_allocate` would have said no (a caller bug).
         """
-        cached_blocks = cached_blocks or []
         if not isinstance(num_new_tokens, int) or num_new_tokens < 1:
             raise ValueError(f"num_new_tokens must be an int >= 1, got {num_new_tokens!r}")
         if cached_blocks and (seq.block_table or seq.num_computed_tokens):
@@ -192,7 +192,7 @@ class BlockManager:
         if not self.can_allocate(seq, num_new_tokens, cached_blocks):
             raise RuntimeError(f"not enough free KV blocks for {num_new_tokens} tokens of {seq}")
         if not seq.block_table:
-            self._admit(seq, cached_blocks)
+            self._admit(seq, cached_blocks or [])
         target = -(-(seq.num_computed_tokens + num_new_tokens) // self.block_size)
         while len(seq.block_table) < target:
             seq.block_table.append(self._take_free_block())
@@ -226,9 +226,11 @@ class BlockManager:
 
     def cache_full_blocks(self, seq: Sequence) -> None:
         """Register ``seq``'s newly computed full blocks in the hash table (after each step)."""
-        if seq.seq_id not in self._holders or not self._uses_hashing(seq):
+        start = self._num_registered.get(seq.seq_id)
+        if start is None or seq.num_computed_tokens < (start + 1) * self.block_size:
+            return  # not a holder, or no block completed since the last call
+        if not self._uses_hashing(seq):
             return
-        start = self._num_registered[seq.seq_id]
         end = self._num_hashable(seq, seq.num_computed_tokens)
         for i in range(start, end):
             block = self.blocks[seq.block_table[i]]
