@@ -89,7 +89,7 @@ def _rope_write_kv_kernel(
     HAS_Q: tl.constexpr, ROTATE: tl.constexpr, WRITE_KV: tl.constexpr, FP8: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
-    HALF: tl.constexpr = HEAD_DIM // 2
+    HALF = HEAD_DIM // 2
     offs_d = tl.arange(0, BLOCK_D)
     first = offs_d < HALF
     partner = tl.where(first, offs_d + HALF, offs_d - HALF)
