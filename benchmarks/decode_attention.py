@@ -40,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sweep", action="store_true", help="batch 1..256 x context 512..32k")
     p.add_argument("--tune", action="store_true", help="time kernel configs at the headline")
     p.add_argument("--max-kv-gib", type=float, default=8.0, help="skip larger sweep points")
-    p.add_argument("--rep-ms", type=int, default=60, help="do_bench repetition time")
+    p.add_argument("--rep-ms", type=int, default=40, help="do_bench repetition time")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run under the interpreter")
     p.add_argument("--out", default=None, help="JSON output path")
     return p.parse_args(argv)
@@ -177,22 +177,23 @@ def _run_point(args, batch, context, device, dtype, copy_gbs, baseline, **cfg) -
 # ---------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------
-TUNE_CONFIGS = [dict(block_n=bn, num_warps=w, num_stages=s)
-                for bn in (32, 64, 128) for w in (4, 8) for s in (2, 3, 4)]
+# (block_n, num_warps, num_stages) around the default (64, 4, 3)
+TUNE_CONFIGS = [dict(block_n=bn, num_warps=w, num_stages=st) for bn, w, st in (
+    (64, 4, 2), (64, 4, 3), (64, 4, 4), (64, 8, 3), (32, 4, 3), (32, 4, 4), (128, 4, 3),
+    (128, 8, 3), (128, 8, 2))]
 SWEEP_BATCH = (1, 16, 64, 256)
 SWEEP_CONTEXT = (512, 4096, 32768)
-
-
-def _print_table(rows, copy_gbs) -> None:
-    print(f"\ncopy bandwidth (read+write): {copy_gbs:,.0f} GB/s")
-    print(f"{'batch':>5} {'context':>7} {'splits':>6} {'config':>24} {'ms':>8} {'GB/s':>7} "
+HEADER = (f"{'batch':>5} {'context':>7} {'splits':>6} {'config':>16} {'ms':>8} {'GB/s':>7} "
           f"{'%copy':>6} {'torch GB/s':>10} {'gather GB/s':>11} {'rel err':>8}")
-    for r in rows:
-        cfg = ",".join(f"{k[:1]}{v}" for k, v in r["config"].items()) or "default"
-        print(f"{r['batch']:>5} {r['context']:>7} {r['splits']:>6} {cfg:>24} "
-              f"{r['tritium_ms']:>8.4f} {r['tritium_gbs']:>7,.0f} {r['pct_of_copy']:>6.1f} "
-              f"{r.get('torch_sdpa_effective_gbs', float('nan')):>10,.0f} "
-              f"{r.get('torch_gather_gbs', float('nan')):>11,.0f} {r['rel_err_vs_fp32']:>8.1e}")
+
+
+def _row_line(r) -> str:
+    cfg = ",".join(f"{k[4:] if k.startswith('num_') else k[-1]}{v}"
+                   for k, v in r["config"].items()) or "default"
+    return (f"{r['batch']:>5} {r['context']:>7} {r['splits']:>6} {cfg:>16} "
+            f"{r['tritium_ms']:>8.4f} {r['tritium_gbs']:>7,.0f} {r['pct_of_copy']:>6.1f} "
+            f"{r.get('torch_sdpa_effective_gbs', float('nan')):>10,.0f} "
+            f"{r.get('torch_gather_gbs', float('nan')):>11,.0f} {r['rel_err_vs_fp32']:>8.1e}")
 
 
 def main(argv=None) -> dict:
@@ -207,17 +208,20 @@ def main(argv=None) -> dict:
     device = torch.device("cpu" if args.smoke else "cuda")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     copy_gbs = copy_bandwidth(device, (1 << 20) if args.smoke else (2 << 30), args.rep_ms)
-    rows = [run_point(args, args.batch, args.context, device, dtype, copy_gbs)]
+    print(f"copy bandwidth (read+write): {copy_gbs:,.0f} GB/s\n{HEADER}", flush=True)
+
+    def point(b, c, **kw):
+        row = run_point(args, b, c, device, dtype, copy_gbs, **kw)
+        print(_row_line(row), flush=True)  # as it comes: a run cut short keeps its lines
+        return row
+
+    rows = [point(args.batch, args.context)]
     tuned = []
     if args.tune and not args.smoke:
         for cfg in TUNE_CONFIGS:
-            tuned.append(run_point(args, args.batch, args.context, device, dtype, copy_gbs,
-                                   baseline=False, **cfg))
-        for splits in (1, 2, 4):
-            tuned.append(run_point(args, args.batch, args.context, device, dtype, copy_gbs,
-                                   baseline=False, num_splits=splits))
-        best = min(tuned, key=lambda r: r["tritium_ms"])
-        rows.append(best)
+            tuned.append(point(args.batch, args.context, baseline=False, **cfg))
+        for splits in (2, 4):
+            tuned.append(point(args.batch, args.context, baseline=False, num_splits=splits))
     if args.sweep or args.smoke:
         batches = (1, 2) if args.smoke else SWEEP_BATCH
         contexts = (17, 33) if args.smoke else SWEEP_CONTEXT
@@ -227,10 +231,11 @@ def main(argv=None) -> dict:
                 kv = 2 * b * c * args.num_kv_heads * args.head_dim * elt
                 if kv > args.max_kv_gib * 2**30 or (b, c) == (args.batch, args.context):
                     continue
-                rows.append(run_point(args, b, c, device, dtype, copy_gbs,
-                                      baseline=kv <= args.max_kv_gib * 2**30 / 2))
-    _print_table(rows if not tuned else rows + sorted(tuned, key=lambda r: r["tritium_ms"])[:5],
-                 copy_gbs)
+                rows.append(point(b, c, baseline=kv <= args.max_kv_gib * 2**30 / 2))
+    if tuned:
+        print("\nfastest configs at the headline shape:")
+        for r in sorted(tuned + rows[:1], key=lambda r: r["tritium_ms"])[:4]:
+            print(_row_line(r))
     result = {
         "benchmark": "decode_attention",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
