@@ -86,7 +86,7 @@ def _step(
     )
     ids = torch.tensor(token_ids, dtype=torch.long, device=device)
     hidden = model.forward_paged(ids, positions, kv_caches, meta)  # (T, hidden)
-    return model.compute_logits(hidden[-1]).float()  # (V,)
+    return model.compute_logits(hidden[-1:])[0]  # (V,) fp32
 
 
 def generate_stream(

@@ -95,3 +95,25 @@ def test_plain_and_paged_paths_agree(smollm, prompts, hf_greedy, paged_run, chun
         # same weights on both sides, only the attention op differs (paged vs contiguous):
         # the same summation-order argument and tolerance as against HF
         torch.testing.assert_close(out, plain, atol=LOGIT_ATOL, rtol=LOGIT_RTOL)
+
+
+# bf16 keeps 8 mantissa bits, fp16 11: over 30 layers the logits drift by ~3% (bf16) and ~0.3%
+# (fp16) of their norm (measured); the bounds are 2x that. A dtype bug (e.g. the fp32 rope table
+# cast to half, or an fp16 overflow) gives errors of order 100%.
+@pytest.mark.parametrize("dtype, rel_tol", [(torch.bfloat16, 0.07), (torch.float16, 0.007)])
+def test_half_precision_close_to_float32(smollm, embedded_checkpoint, prompts, dtype, rel_tol):
+    from tritium.models import build_model
+
+    model32 = smollm[0]
+    ckpt = embedded_checkpoint
+    model = build_model(ckpt.config, ckpt.state_dict, device="cpu", dtype=dtype)
+    assert model.model.embed_tokens.weight.dtype == dtype
+    assert model.model.rotary_emb.cos_sin_cache.dtype == torch.float32
+    ids = torch.tensor([prompts[1]])
+    pos = torch.arange(ids.shape[1])[None]
+    with torch.no_grad():
+        ref = model32.compute_logits(model32.model(ids, pos))[0]
+        out = model.compute_logits(model.model(ids, pos))[0]
+    assert out.dtype == torch.float32  # logits for sampling are fp32 whatever the model dtype
+    assert (out - ref).norm() / ref.norm() < rel_tol
+    assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9

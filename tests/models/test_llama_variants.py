@@ -124,3 +124,13 @@ def test_load_hf_state_dict_reports_missing_and_unexpected(variant):
     sd["model.norm.weight"] = torch.ones(3)
     with pytest.raises(ModelLoadError, match=r"model.norm.weight has shape \(3,\)"):
         model.load_hf_state_dict(sd)
+
+
+def test_rope_table_stays_float32_when_cast(variant):
+    name, hf, model = variant
+    half = build_model(model.config, hf.state_dict(), device="cpu", dtype=torch.float32)
+    half.to(torch.bfloat16)
+    assert half.model.embed_tokens.weight.dtype == torch.bfloat16
+    table = half.model.rotary_emb.cos_sin_cache
+    assert table.dtype == torch.float32
+    torch.testing.assert_close(table, model.model.rotary_emb.cos_sin_cache, atol=0, rtol=0)

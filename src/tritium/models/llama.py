@@ -9,6 +9,7 @@ separate tensors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import torch
@@ -138,13 +139,16 @@ class LlamaForCausalLM(nn.Module):
     def forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Plain causal forward, no cache. input_ids (B, S) [positions (B, S)] -> (B, S, V)."""
+        """Plain causal forward, no cache. input_ids (B, S) [positions (B, S)] -> logits
+        (B, S, V) in the model's dtype."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
         if positions is None:
             positions = torch.arange(input_ids.shape[1], device=input_ids.device)
             positions = positions.expand_as(input_ids)
-        return self.compute_logits(self.model(input_ids, positions))
+        hidden = self.model(input_ids, positions)
+        w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, w)
 
     def forward_paged(
         self,
@@ -163,9 +167,15 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, kv_caches, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden (..., hidden) -> logits (..., V) in the model's dtype."""
+        """hidden (N, hidden) -> logits (N, V) in float32, for sampling.
+
+        A bf16 model's logits rounded to bf16 are 0.125 apart near 25: greedy picks flip on such
+        ties (seen with the embedded model's first answer token) and sampling gets coarse
+        probabilities. So the LM head accumulates and returns fp32 (on CUDA without copying the
+        weight). The plain ``forward`` keeps the model dtype (training takes that path).
+        """
         w = self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-        return F.linear(hidden, w)
+        return _linear_fp32_out(hidden, w)
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -229,6 +239,26 @@ class LlamaForCausalLM(nn.Module):
             return True
         # HF state dicts of tied models list lm_head.weight (the same tensor as the embedding).
         return hf_name == "lm_head.weight" and self.lm_head is None
+
+
+@functools.cache
+def _cuda_mm_has_out_dtype() -> bool:
+    """torch >= 2.8 on CUDA: ``torch.mm(a, b, out_dtype=torch.float32)`` for bf16/fp16 a, b."""
+    try:
+        a = torch.zeros(1, 1, device="cuda", dtype=torch.bfloat16)
+        return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError):
+        return False
+
+
+def _linear_fp32_out(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (N, K) @ w (V, K)^T -> (N, V) float32."""
+    if x.dtype == torch.float32 and w.dtype == torch.float32:
+        return F.linear(x, w)
+    if x.is_cuda and x.dim() == 2 and _cuda_mm_has_out_dtype():
+        return torch.mm(x, w.t(), out_dtype=torch.float32)
+    # CPU half precision (not the default there): one fp32 copy of the weight per call.
+    return F.linear(x.float(), w.float())
 
 
 def _hf_sources(name: str) -> tuple[str, ...]:
