@@ -2,7 +2,9 @@
 
 Metrics are defined as ``vllm bench serve`` defines them, so figures are comparable:
 
-- TTFT: request sent -> first streamed chunk that carries content.
+- TTFT: request sent -> first streamed chunk that carries content (a content-less chunk, such
+  as a chat role announcement sent before any token, does not count; tritium sends its role
+  chunk together with the first token, as vLLM's server does, so the two readings agree).
 - TPOT (per request): ``(e2e latency - TTFT) / (output tokens - 1)``, for requests with > 1 token.
 - ITL: gaps between successive content chunks (all requests pooled).
 - E2EL: request sent -> last chunk.
