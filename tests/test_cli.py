@@ -158,6 +158,7 @@ def test_unsupported_architecture(tiny_folder, tmp_path):
     (["--dtype", "float64"], "dtype.*invalid choice"),
     (["--device", "tpu"], "device.*invalid choice"),
     (["--seed", "x"], "seed.*integer"),
+    (["--threads", "0"], "threads.*>= 1"),
     (["--no-such-flag"], "unrecognized arguments"),
 ])
 def test_bad_flag_values(flags, pattern):
