@@ -1,0 +1,476 @@
+"""FlashAttention backward in Triton: three deterministic kernels, no atomics.
+
+With P = softmax(S) recomputed from the saved log-sum-exp, the gradients are
+    dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   delta_i = rowsum(dO * O)_i - dlse_i,
+    dQ = scale * dS K,   dK = scale * dS^T Q
+(with a softcap, dS is further multiplied by 1 - tanh^2, the derivative of the cap).
+
+1. ``_bwd_preprocess_kernel``: delta (same layout as lse), fp32.
+2. ``_bwd_dkdv_kernel``: one program per (key tile, kv head, sequence) walks the query tiles of
+   every query head of its GQA group and accumulates dK, dV in registers: each element of dK/dV
+   is written once, so the result is deterministic and GQA needs no reduction pass.
+3. ``_bwd_dq_kernel``: one program per (query tile, query head, sequence) walks the key tiles,
+   as the forward does, and accumulates dQ in registers.
+Recomputing Q K^T and dO V^T in both 2 and 3 costs 7 tile matmuls per (query, key) tile pair
+instead of 5; in exchange there are no atomics and no fp32 dQ buffer.
+
+Masks are those of the forward (kernels/flash_attn.py). For block masks the dK/dV pass needs the
+lists transposed (per key block, the query blocks that see it): ``transpose_block_mask`` builds
+them from the BlockMask
+(ops/attention_reference.py) and the launcher takes both.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tritium.kernels.flash_attn import (
+    _band_ranges,
+    _interpreting,
+    _lse_strides,
+    _seq_bounds,
+    _tanh,
+    _visible,
+    as_batched,
+    block_mask_args,
+    head_dim_padded,
+)
+
+
+@triton.jit
+def _bwd_preprocess_kernel(
+    Out, dO, Lse, dLse, Delta, Lse2, cu_seqlens_q,
+    stride_ob, stride_os, stride_oh, stride_db, stride_ds, stride_dh, stride_lb, stride_lh,
+    seqlen_q, num_heads,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_DLSE: tl.constexpr,
+):
+    """Delta = rowsum(dO * O) - dlse, and the lse in base 2 with +inf on empty rows (so that
+    exp2(s - lse2) is exactly 0 there): both (B, H, Sq) / (H, Tq) fp32 like lse."""
+    start_m = tl.program_id(0)
+    off_b = tl.program_id(1) // num_heads
+    off_h = tl.program_id(1) % num_heads
+    q_start, _, seqlen_q, _ = _seq_bounds(cu_seqlens_q, cu_seqlens_q, off_b, seqlen_q, 0,
+                                          IS_VARLEN)
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    b64 = tl.cast(off_b, tl.int64)
+    rows = tl.cast(q_start + offs_m, tl.int64)
+    mask = (offs_m[:, None] < seqlen_q) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(Out + b64 * stride_ob + rows[:, None] * stride_os + off_h * stride_oh
+                + offs_d[None, :], mask=mask, other=0.0)
+    do = tl.load(dO + b64 * stride_db + rows[:, None] * stride_ds + off_h * stride_dh
+                 + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BM,)
+    l_off = b64 * stride_lb + off_h * stride_lh + q_start + offs_m
+    row_ok = offs_m < seqlen_q
+    if HAS_DLSE:  # d lse_i / d s_ij = P_ij: folds into delta
+        delta -= tl.load(dLse + l_off, mask=row_ok, other=0.0)
+    tl.store(Delta + l_off, delta, mask=row_ok)
+    lse = tl.load(Lse + l_off, mask=row_ok, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    tl.store(Lse2 + l_off, lse2, mask=row_ok)
+
+
+@triton.jit
+def _dkdv_loop(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, hi, stride_qs, stride_dos,
+    q_offs, do_offs, d_ok, tile_ptrs, offs_m, offs_n, seqlen_q, seqlen_k, diag_lo, diag_hi,
+    qk_scale, softcap_scale, softcap_log2, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr,
+    EVEN_D: tl.constexpr, MASKED: tl.constexpr, HAS_TILE: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
+):
+    """Query tiles [lo, hi) step BM against the program's key tile: dK, dV += ...
+    ``q_offs``/``do_offs`` (BM, D_PAD) and ``d_ok`` are hoisted; ``tile_ptrs`` (BN, BM) points
+    at the element tile's window for query ``lo``."""
+    for start_m in range(lo, hi, BLOCK_M):
+        if not MASKED:
+            start_m = tl.multiple_of(start_m, BLOCK_M)
+        m64 = tl.cast(start_m, tl.int64)
+        rows = start_m + offs_m
+        if MASKED:  # rows past Sq: q = dO = 0 and lse2 = +inf, so P = 0
+            row_ok = offs_m[:, None] < seqlen_q - start_m
+            q = tl.load(q_base + m64 * stride_qs + q_offs, mask=row_ok & d_ok, other=0.0)
+            do = tl.load(do_base + m64 * stride_dos + do_offs, mask=row_ok & d_ok, other=0.0)
+            lse2 = tl.load(lse_base + rows, mask=rows < seqlen_q, other=float("inf"))
+            delta = tl.load(delta_base + rows, mask=rows < seqlen_q, other=0.0)
+        else:
+            if EVEN_D:
+                q = tl.load(q_base + m64 * stride_qs + q_offs)
+                do = tl.load(do_base + m64 * stride_dos + do_offs)
+            else:
+                q = tl.load(q_base + m64 * stride_qs + q_offs, mask=d_ok, other=0.0)
+                do = tl.load(do_base + m64 * stride_dos + do_offs, mask=d_ok, other=0.0)
+            lse2 = tl.load(lse_base + rows)
+            delta = tl.load(delta_base + rows)
+        # -- P^T: (BN, BM) --
+        qkT = tl.dot(k, tl.trans(q))
+        tT = qkT  # defined on both paths (Triton scoping); the tanh of the cap when SOFTCAP
+        if SOFTCAP:
+            tT = _tanh(qkT * softcap_scale)
+            sT = tT * softcap_log2
+        else:
+            sT = qkT * qk_scale
+        pT = tl.math.exp2(sT - lse2[None, :])
+        if MASKED:
+            okT = _visible(rows[None, :], offs_n[:, None], seqlen_k, diag_lo, diag_hi,
+                           HAS_LEFT, HAS_RIGHT)
+            if HAS_TILE:
+                okT = okT & (tl.load(tile_ptrs + (start_m - lo) * KV_BLOCK) != 0)
+            pT = tl.where(okT, pT, 0.0)
+        dv = tl.dot(pT.to(do.dtype), do, dv)
+        # -- dS^T = P^T * (dP^T - delta) --
+        dpT = tl.dot(v, tl.trans(do))
+        dsT = pT * (dpT - delta[None, :])
+        if SOFTCAP:
+            dsT = dsT * (1.0 - tT * tT)
+        dk = tl.dot(dsT.to(q.dtype), q, dk)
+    return dk, dv
+
+
+@triton.jit
+def _query_ranges(n0, seqlen_q, seqlen_k, diag_lo, diag_hi, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
+    """Query-tile ranges that see key rows [n0, n0 + BN): masked [lo, full_lo), unmasked
+    [full_lo, full_hi), masked [full_hi, hi). Row i sees key j iff diag_lo <= j - i <= diag_hi."""
+    lo = 0
+    hi = seqlen_q
+    full_lo = 0
+    full_hi = seqlen_q // BLOCK_M * BLOCK_M
+    if HAS_RIGHT:  # i >= j - diag_hi
+        lo = tl.maximum(n0 - diag_hi, 0) // BLOCK_M * BLOCK_M
+        full_lo = tl.cdiv(tl.maximum(n0 + BLOCK_N - 1 - diag_hi, 0), BLOCK_M) * BLOCK_M
+    if HAS_LEFT:  # i <= j - diag_lo
+        hi = tl.minimum(hi, tl.maximum(n0 + BLOCK_N - diag_lo, 0))
+        full_hi = tl.minimum(full_hi, tl.maximum(n0 - diag_lo + 1, 0) // BLOCK_M * BLOCK_M)
+    if n0 + BLOCK_N > seqlen_k:  # the key tile sticks out past Sk: mask every query tile
+        full_hi = 0
+    hi_r = tl.cdiv(hi, BLOCK_M) * BLOCK_M
+    full_lo = tl.maximum(tl.minimum(tl.maximum(full_lo, lo), hi_r), lo)
+    full_hi = tl.maximum(tl.minimum(full_hi, hi_r), full_lo)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def _bwd_dkdv_kernel(
+    Q, K, V, dO, Lse2, Delta, dK, dV, cu_seqlens_q, cu_seqlens_k,
+    BM_num, BM_idx, BM_tile_id, BM_tiles, BM_full_num, BM_full_idx,
+    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+    stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
+    stride_lb, stride_lh, stride_mb, stride_mh, stride_mm, stride_ib, stride_ih, stride_im,
+    seqlen_q, seqlen_k, num_heads_k, group, softmax_scale, softcap, window_left, window_right,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BLOCK_MASK: tl.constexpr,
+    Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
+):
+    start_n = tl.program_id(0)
+    off_b = tl.program_id(1) // num_heads_k
+    off_hk = tl.program_id(1) % num_heads_k
+    q_start, k_start, seqlen_q, seqlen_k = _seq_bounds(
+        cu_seqlens_q, cu_seqlens_k, off_b, seqlen_q, seqlen_k, IS_VARLEN)
+    n0 = start_n * BLOCK_N
+    if n0 >= seqlen_k:
+        return
+    shift = seqlen_k - seqlen_q if BOTTOM_RIGHT else 0
+    diag_hi = shift + window_right
+    diag_lo = shift - window_left
+    qk_scale = softmax_scale * 1.4426950408889634
+    softcap_scale = softmax_scale / softcap
+    softcap_log2 = softcap * 1.4426950408889634
+
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
+    b64 = tl.cast(off_b, tl.int64)
+    k64 = tl.cast(k_start, tl.int64)
+    kv_mask = (offs_n[:, None] < seqlen_k) & d_ok
+    k = tl.load(K + b64 * stride_kb + k64 * stride_ks + off_hk * stride_kh
+                + offs_n[:, None] * stride_ks + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + b64 * stride_vb + k64 * stride_vs + off_hk * stride_vh
+                + offs_n[:, None] * stride_vs + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
+    q_offs = offs_m[:, None] * stride_qs + offs_d[None, :]
+    do_offs = offs_m[:, None] * stride_dos + offs_d[None, :]
+    args = (stride_qs, stride_dos, q_offs, do_offs, d_ok)
+    rest = (offs_m, offs_n, seqlen_q, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
+            softcap_log2)  # (constexprs cannot travel in tuples: they are passed one by one)
+
+    for g in range(0, group):  # every query head that reads this kv head
+        off_h = off_hk * group + g
+        q64 = tl.cast(q_start, tl.int64)
+        q_base = Q + b64 * stride_qb + q64 * stride_qs + off_h * stride_qh
+        do_base = dO + b64 * stride_dob + q64 * stride_dos + off_h * stride_doh
+        lse_base = Lse2 + b64 * stride_lb + off_h * stride_lh + q_start
+        delta_base = Delta + b64 * stride_lb + off_h * stride_lh + q_start
+        bases = (q_base, do_base, lse_base, delta_base)
+        if HAS_BLOCK_MASK:
+            # Transposed lists: per (b, h, key block), the query blocks that see it.
+            kb = n0 // KV_BLOCK
+            bm_off = off_b * stride_mb + off_h * stride_mh + kb * stride_mm
+            idx_off = off_b * stride_ib + off_h * stride_ih + kb * stride_im
+            # (BN, BM) window of a (Q_BLOCK, KV_BLOCK) element tile
+            tile_offs = offs_m[None, :] * KV_BLOCK \
+                + (n0 % KV_BLOCK + tl.arange(0, BLOCK_N))[:, None]
+            for j in range(0, tl.load(BM_full_num + bm_off)):
+                lo = tl.load(BM_full_idx + idx_off + j) * Q_BLOCK
+                dk, dv = _dkdv_loop(
+                    dk, dv, k, v, *bases, lo, tl.minimum(lo + Q_BLOCK, seqlen_q), *args, Q,
+                    *rest, BLOCK_M, KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            for j in range(0, tl.load(BM_num + bm_off)):
+                lo = tl.load(BM_idx + idx_off + j) * Q_BLOCK
+                tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK)
+                dk, dv = _dkdv_loop(
+                    dk, dv, k, v, *bases, lo, tl.minimum(lo + Q_BLOCK, seqlen_q), *args,
+                    BM_tiles + tile + tile_offs, *rest, BLOCK_M, KV_BLOCK, EVEN_D, True, True,
+                    HAS_LEFT, HAS_RIGHT, SOFTCAP)
+        else:
+            lo, full_lo, full_hi, hi = _query_ranges(
+                n0, seqlen_q, seqlen_k, diag_lo, diag_hi, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+            dk, dv = _dkdv_loop(dk, dv, k, v, *bases, lo, full_lo, *args, Q, *rest, BLOCK_M,
+                                KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            dk, dv = _dkdv_loop(dk, dv, k, v, *bases, full_lo, full_hi, *args, Q, *rest,
+                                BLOCK_M, KV_BLOCK, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT,
+                                SOFTCAP)
+            dk, dv = _dkdv_loop(dk, dv, k, v, *bases, full_hi, hi, *args, Q, *rest, BLOCK_M,
+                                KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+
+    dk *= softmax_scale
+    dk_ptrs = dK + b64 * stride_dkb + k64 * stride_dks + off_hk * stride_dkh \
+        + offs_n[:, None] * stride_dks + offs_d[None, :]
+    dv_ptrs = dV + b64 * stride_dvb + k64 * stride_dvs + off_hk * stride_dvh \
+        + offs_n[:, None] * stride_dvs + offs_d[None, :]
+    tl.store(dk_ptrs, dk.to(dK.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptrs, dv.to(dV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_loop(
+    dq, q, do, lse2, delta, k_base, v_base, lo, hi, stride_ks, stride_vs, k_offs, v_offs, d_ok,
+    tile_ptrs, offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
+    softcap_log2, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+    HAS_TILE: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+):
+    """Key tiles [lo, hi) step BN against the program's query tile: dQ += dS K (unscaled)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        if not MASKED:
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+        n64 = tl.cast(start_n, tl.int64)
+        if MASKED:
+            kv_mask = (offs_n[:, None] < seqlen_k - start_n) & d_ok
+            k = tl.load(k_base + n64 * stride_ks + k_offs, mask=kv_mask, other=0.0)
+            v = tl.load(v_base + n64 * stride_vs + v_offs, mask=kv_mask, other=0.0)
+        elif EVEN_D:
+            k = tl.load(k_base + n64 * stride_ks + k_offs)
+            v = tl.load(v_base + n64 * stride_vs + v_offs)
+        else:
+            k = tl.load(k_base + n64 * stride_ks + k_offs, mask=d_ok, other=0.0)
+            v = tl.load(v_base + n64 * stride_vs + v_offs, mask=d_ok, other=0.0)
+        qk = tl.dot(q, tl.trans(k))  # (BM, BN)
+        t = qk  # defined on both paths (Triton scoping); the tanh of the cap when SOFTCAP
+        if SOFTCAP:
+            t = _tanh(qk * softcap_scale)
+            s = t * softcap_log2
+        else:
+            s = qk * qk_scale
+        p = tl.math.exp2(s - lse2[:, None])
+        if MASKED:
+            ok = _visible(offs_m[:, None], (start_n + offs_n)[None, :], seqlen_k, diag_lo,
+                          diag_hi, HAS_LEFT, HAS_RIGHT)
+            if HAS_TILE:
+                ok = ok & (tl.load(tile_ptrs + (start_n - lo)) != 0)
+            p = tl.where(ok, p, 0.0)
+        dp = tl.dot(do, tl.trans(v))
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq = tl.dot(ds.to(k.dtype), k, dq)
+    return dq
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q, K, V, dO, Lse2, Delta, dQ, cu_seqlens_q, cu_seqlens_k,
+    BM_num, BM_idx, BM_tile_id, BM_tiles, BM_full_num, BM_full_idx,
+    stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
+    stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
+    stride_dqb, stride_dqs, stride_dqh,
+    stride_lb, stride_lh, stride_mb, stride_mh, stride_mm, stride_ib, stride_ih, stride_im,
+    seqlen_q, seqlen_k, num_heads, group, softmax_scale, softcap, window_left, window_right,
+    HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BLOCK_MASK: tl.constexpr,
+    Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
+):
+    start_m = tl.program_id(0)
+    off_b = tl.program_id(1) // num_heads
+    off_h = tl.program_id(1) % num_heads
+    off_hk = off_h // group
+    q_start, k_start, seqlen_q, seqlen_k = _seq_bounds(
+        cu_seqlens_q, cu_seqlens_k, off_b, seqlen_q, seqlen_k, IS_VARLEN)
+    m0 = start_m * BLOCK_M
+    if m0 >= seqlen_q:
+        return
+    shift = seqlen_k - seqlen_q if BOTTOM_RIGHT else 0
+    diag_hi = shift + window_right
+    diag_lo = shift - window_left
+    qk_scale = softmax_scale * 1.4426950408889634
+    softcap_scale = softmax_scale / softcap
+    softcap_log2 = softcap * 1.4426950408889634
+
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    rows = tl.arange(0, BLOCK_M)
+    d_ok = offs_d[None, :] < HEAD_DIM
+    EVEN_D: tl.constexpr = HEAD_DIM == D_PAD
+    b64 = tl.cast(off_b, tl.int64)
+    row0 = tl.cast(q_start + m0, tl.int64)
+    q_mask = (offs_m[:, None] < seqlen_q) & d_ok
+    q = tl.load(Q + b64 * stride_qb + row0 * stride_qs + off_h * stride_qh
+                + rows[:, None] * stride_qs + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(dO + b64 * stride_dob + row0 * stride_dos + off_h * stride_doh
+                 + rows[:, None] * stride_dos + offs_d[None, :], mask=q_mask, other=0.0)
+    l_off = b64 * stride_lb + off_h * stride_lh + q_start + offs_m
+    lse2 = tl.load(Lse2 + l_off, mask=offs_m < seqlen_q, other=float("inf"))
+    delta = tl.load(Delta + l_off, mask=offs_m < seqlen_q, other=0.0)
+    k64 = tl.cast(k_start, tl.int64)
+    k_base = K + b64 * stride_kb + k64 * stride_ks + off_hk * stride_kh
+    v_base = V + b64 * stride_vb + k64 * stride_vs + off_hk * stride_vh
+    k_offs = offs_n[:, None] * stride_ks + offs_d[None, :]
+    v_offs = offs_n[:, None] * stride_vs + offs_d[None, :]
+    dq = tl.zeros([BLOCK_M, D_PAD], tl.float32)
+    head = (q, do, lse2, delta, k_base, v_base)
+    args = (stride_ks, stride_vs, k_offs, v_offs, d_ok)
+    rest = (offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale, softcap_log2)
+
+    if HAS_BLOCK_MASK:
+        qb = m0 // Q_BLOCK
+        bm_off = off_b * stride_mb + off_h * stride_mh + qb * stride_mm
+        idx_off = off_b * stride_ib + off_h * stride_ih + qb * stride_im
+        tile_offs = (m0 % Q_BLOCK + rows)[:, None] * KV_BLOCK + offs_n[None, :]
+        for j in range(0, tl.load(BM_full_num + bm_off)):
+            lo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
+            dq = _dq_loop(dq, *head, lo, tl.minimum(lo + KV_BLOCK, seqlen_k), *args, Q, *rest,
+                          BLOCK_N, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+        for j in range(0, tl.load(BM_num + bm_off)):
+            lo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
+            tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK)
+            dq = _dq_loop(dq, *head, lo, tl.minimum(lo + KV_BLOCK, seqlen_k), *args,
+                          BM_tiles + tile + tile_offs, *rest, BLOCK_N, EVEN_D, True, True,
+                          HAS_LEFT, HAS_RIGHT, SOFTCAP)
+    else:
+        lo, full_lo, full_hi, hi = _band_ranges(
+            m0, seqlen_k, diag_lo, diag_hi, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
+        dq = _dq_loop(dq, *head, lo, full_lo, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
+                      HAS_LEFT, HAS_RIGHT, SOFTCAP)
+        dq = _dq_loop(dq, *head, full_lo, full_hi, *args, Q, *rest, BLOCK_N, EVEN_D, False,
+                      False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+        dq = _dq_loop(dq, *head, full_hi, hi, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
+                      HAS_LEFT, HAS_RIGHT, SOFTCAP)
+
+    dq *= softmax_scale
+    dq_ptrs = dQ + b64 * stride_dqb + row0 * stride_dqs + off_h * stride_dqh \
+        + rows[:, None] * stride_dqs + offs_d[None, :]
+    tl.store(dq_ptrs, dq.to(dQ.dtype.element_ty), mask=q_mask)
+
+
+# -- launchers -------------------------------------------------------------------------------
+
+# ((dK/dV: BLOCK_M, BLOCK_N, warps, stages), (dQ: BLOCK_M, BLOCK_N, warps, stages)) per D_PAD,
+# tuned on an H100 (docs/perf-notes.md).
+_BWD_CONFIGS = {
+    32: ((64, 128, 8, 2), (128, 64, 8, 2)),
+    64: ((64, 128, 8, 2), (128, 64, 8, 2)),
+    128: ((64, 128, 8, 2), (128, 64, 8, 2)),
+    256: ((32, 64, 4, 2), (64, 32, 4, 2)),
+}
+_INTERPRET_CONFIG = ((32, 32, 4, 1), (32, 32, 4, 1))
+
+
+def bwd_config(head_dim: int, interpret: bool) -> tuple[tuple, tuple]:
+    """Default ((dK/dV kernel config), (dQ kernel config)) as (BM, BN, warps, stages)."""
+    return _INTERPRET_CONFIG if interpret else _BWD_CONFIGS[head_dim_padded(head_dim)]
+
+
+def flash_attn_bwd(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+    lse: torch.Tensor, *, softmax_scale: float, dlse: torch.Tensor | None = None,
+    causal: bool = False, window_left: int | None = None, window_right: int | None = None,
+    softcap: float = 0.0, bottom_right: bool = True,
+    cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
+    max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, block_mask=None,
+    block_mask_t=None,
+    config: tuple[tuple, tuple] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (dq, dk, dv) of ``flash_attn_fwd``: shapes and layouts as q, k, v.
+
+    dout/out share q's shape; lse (and dlse, the gradient of the returned lse, if any) are the
+    forward's (B, Hq, Sq) or (Hq, Tq) fp32. Every tensor needs stride 1 in its last dim.
+    With ``block_mask``, ``block_mask_t`` is its transpose (``transpose_block_mask``).
+    """
+    varlen = cu_seqlens_q is not None
+    q4, k4, v4, do4, o4 = (as_batched(t, varlen) for t in (q, k, v, dout, out))
+    if varlen:
+        batch, seqlen_q, seqlen_k = cu_seqlens_q.shape[0] - 1, max_seqlen_q, max_seqlen_k
+    else:
+        batch, seqlen_q, seqlen_k = q.shape[0], q.shape[1], k.shape[1]
+    Hq, D, Hk = q4.shape[2], q4.shape[3], k4.shape[2]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if batch == 0 or q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    dq4, dk4, dv4 = (as_batched(t, varlen) for t in (dq, dk, dv))
+    D_PAD = head_dim_padded(D)
+    cfg_kv, cfg_q = config or bwd_config(D, _interpreting())
+    if block_mask is not None:
+        cfg_kv = (min(cfg_kv[0], block_mask.q_block_size),
+                  min(cfg_kv[1], block_mask.kv_block_size), *cfg_kv[2:])
+        cfg_q = (min(cfg_q[0], block_mask.q_block_size),
+                 min(cfg_q[1], block_mask.kv_block_size), *cfg_q[2:])
+    lse_strides = _lse_strides(varlen, lse)
+    dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
+    cu_q = cu_seqlens_q if varlen else dummy
+    cu_k = cu_seqlens_k if varlen else dummy
+    flags = dict(HEAD_DIM=D, D_PAD=D_PAD, IS_VARLEN=varlen)
+
+    if dlse is not None and dlse.stride() != lse.stride():
+        raise ValueError("dlse must have the layout (strides) of lse")
+    delta, lse2 = torch.empty_like(lse), torch.empty_like(lse)
+    pre_bm = 64 if not _interpreting() else 16
+    _bwd_preprocess_kernel[(triton.cdiv(seqlen_q, pre_bm), batch * Hq)](
+        o4, do4, lse, dlse if dlse is not None else lse, delta, lse2, cu_q,
+        o4.stride(0), o4.stride(1), o4.stride(2), do4.stride(0), do4.stride(1), do4.stride(2),
+        *lse_strides, seqlen_q, Hq, BLOCK_M=pre_bm, HAS_DLSE=dlse is not None, **flags)
+
+    band = dict(softmax_scale=softmax_scale, softcap=softcap if softcap > 0 else 1.0,
+                window_left=window_left or 0, window_right=0 if causal else (window_right or 0))
+    flags.update(HAS_LEFT=window_left is not None, HAS_RIGHT=causal or window_right is not None,
+                 BOTTOM_RIGHT=bottom_right, SOFTCAP=softcap > 0)
+    common = [q4, k4, v4, do4, lse2, delta]
+    strides = [q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1),
+               k4.stride(2), v4.stride(0), v4.stride(1), v4.stride(2), do4.stride(0),
+               do4.stride(1), do4.stride(2)]
+
+    bm1, bn1, w1, s1 = cfg_kv
+    mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask_t, bm1, bn1, q.device)
+    _bwd_dkdv_kernel[(triton.cdiv(seqlen_k, bn1), batch * Hk)](
+        *common, dk4, dv4, cu_q, cu_k, *mask_ptrs, *strides,
+        dk4.stride(0), dk4.stride(1), dk4.stride(2), dv4.stride(0), dv4.stride(1), dv4.stride(2),
+        *lse_strides, *mask_strides, seqlen_q, seqlen_k, Hk, Hq // Hk, **band,
+        BLOCK_M=bm1, BLOCK_N=bn1, **flags, **mask_meta, num_warps=w1, num_stages=s1)
+
+    bm2, bn2, w2, s2 = cfg_q
+    mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask, bm2, bn2, q.device)
+    _bwd_dq_kernel[(triton.cdiv(seqlen_q, bm2), batch * Hq)](
+        *common, dq4, cu_q, cu_k, *mask_ptrs, *strides,
+        dq4.stride(0), dq4.stride(1), dq4.stride(2),
+        *lse_strides, *mask_strides, seqlen_q, seqlen_k, Hq, Hq // Hk, **band,
+        BLOCK_M=bm2, BLOCK_N=bn2, **flags, **mask_meta, num_warps=w2, num_stages=s2)
+    return dq, dk, dv
