@@ -1,86 +1,18 @@
-"""Live servers on loopback for the server tests.
-
-``LiveServer`` runs uvicorn in a background thread on a socket bound to 127.0.0.1:0 (a free
-port). Fake-engine servers (tests/server/fake_engine.py) are cheap and test server logic; the
-real-engine server (embedded SmolLM2 on CPU, small KV cache) is started once per session.
-"""
+"""Fixtures of the server tests: fake-engine servers, and the real-engine server (started once)."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 
-# pytest's default "prepend" import mode puts this folder on sys.path, so fake_engine imports.
-from fake_engine import FakeEngine
+# pytest's default "prepend" import mode puts this folder on sys.path.
+from server_utils import REAL_MAX_MODEL_LEN, LiveServer, start_fake_server
 
 from tritium.engine.async_engine import AsyncLLMEngine
+from tritium.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+from tritium.engine.llm_engine import LLMEngine
 from tritium.server.app import build_app
-from tritium.server.metrics import parse_prometheus
-
-FAKE_MODEL = "fake-model"
-HTTP = httpx.Client(timeout=30)  # one client: building one costs ~0.1 s (SSL context)
-
-
-class LiveServer:
-    """uvicorn serving ``app`` from a background thread; ``url`` is http://127.0.0.1:PORT."""
-
-    def __init__(self, app, engine: AsyncLLMEngine) -> None:
-        import uvicorn
-
-        self.app, self.engine = app, engine
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       daemon=True)
-
-    def start(self, timeout: float = 60.0) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + timeout
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-        self.sock.close()
-
-    def metrics(self) -> dict[str, float]:
-        text = HTTP.get(f"{self.url}/metrics").text
-        return {k.split("{")[0]: v for k, v in parse_prometheus(text).items()
-                if "_bucket" not in k and "request_success" not in k}
-
-    def wait_idle(self, timeout: float = 10.0) -> dict[str, float]:
-        """Poll /metrics until nothing runs or waits and the KV cache is empty."""
-        deadline = time.monotonic() + timeout
-        while True:
-            m = self.metrics()
-            idle = (m["tritium:num_requests_running"] == 0
-                    and m["tritium:num_requests_waiting"] == 0
-                    and m["tritium:kv_cache_usage_perc"] == 0)
-            if idle or time.monotonic() > deadline:
-                return m
-            time.sleep(0.05)
-
-
-def start_fake_server(*, api_key: str | None = None, max_waiting_requests: int | None = 64,
-                      max_request_bytes: int = 1 << 16, **engine_kwargs) -> LiveServer:
-    engine = AsyncLLMEngine(FakeEngine(**engine_kwargs), max_waiting_requests=max_waiting_requests)
-    app = build_app(engine, model_name=FAKE_MODEL, api_key=api_key,
-                    max_request_bytes=max_request_bytes)
-    return LiveServer(app, engine).start()
 
 
 @pytest.fixture(scope="module")
@@ -103,28 +35,9 @@ def make_fake_server() -> Iterator[Callable[..., LiveServer]]:
         s.stop()
 
 
-# ------------------------------------------------------------------------- real engine
-REAL_MAX_MODEL_LEN = 512
-
-
-def _real_engine_available() -> str | None:
-    try:
-        import tritium.engine.llm_engine  # noqa: F401
-    except ImportError as e:
-        return f"tritium.engine.llm_engine is not importable yet ({e})"
-    return None
-
-
 @pytest.fixture(scope="session")
 def real_server() -> Iterator[LiveServer]:
     """The embedded SmolLM2-135M on CPU behind the real engine, with a small KV cache."""
-    reason = _real_engine_available()
-    if reason is not None:
-        pytest.skip(reason)
-    from tritium.engine.llm_engine import LLMEngine
-
-    from tritium.engine.config import CacheConfig, EngineConfig, SchedulerConfig
-
     config = EngineConfig(
         device="cpu", dtype="float32", seed=0,
         scheduler=SchedulerConfig(max_num_seqs=48, max_num_batched_tokens=2048,

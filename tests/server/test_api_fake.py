@@ -7,7 +7,7 @@ import json
 
 import httpx
 import pytest
-from conftest import FAKE_MODEL, HTTP
+from server_utils import FAKE_MODEL, HTTP
 
 from tritium.server.metrics import parse_prometheus
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import FAKE_MODEL, HTTP
+from server_utils import FAKE_MODEL, HTTP
 
 MSG = [{"role": "user", "content": "hi"}]
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import HTTP, REAL_MAX_MODEL_LEN
+from server_utils import HTTP, REAL_MAX_MODEL_LEN
 
 from tritium.server.metrics import parse_prometheus
 

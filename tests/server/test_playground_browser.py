@@ -10,7 +10,7 @@ import os
 import shutil
 
 import pytest
-from conftest import FAKE_MODEL, HTTP
+from server_utils import FAKE_MODEL, HTTP
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

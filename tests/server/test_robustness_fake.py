@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from conftest import HTTP
+from server_utils import HTTP
 
 from tritium.server.metrics import parse_prometheus
 
