@@ -35,7 +35,7 @@ def make_fake_server() -> Iterator[Callable[..., LiveServer]]:
         s.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # one model load; freed when test_openai_real.py ends
 def real_server() -> Iterator[LiveServer]:
     """The embedded SmolLM2-135M on CPU behind the real engine, with a small KV cache."""
     config = EngineConfig(
