@@ -12,7 +12,13 @@ BAD = [
     ("/v1/chat/completions", b"{not json", 400, "invalid_json", None),
     ("/v1/chat/completions", b"[1, 2]", 400, "invalid_json", None),
     ("/v1/chat/completions", b"\xff\xfe", 400, "invalid_json", None),
+    ("/v1/chat/completions", b"[" * 20000 + b"]" * 20000, 400, "invalid_json", None),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], '
+     b'"temperature": NaN}', 400, None, "temperature"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": "3"}, 400, None, "max_tokens"),
+    ("/v1/chat/completions", {"messages": MSG, "max_tokens": 10**30}, 400,
+     "context_length_exceeded", "max_tokens"),
+    ("/v1/chat/completions", {"messages": MSG, "seed": 2**70}, 400, None, "seed"),
     ("/v1/chat/completions", {"messages": MSG, "max_tokens": 2.5}, 400, None, "max_tokens"),
     ("/v1/chat/completions", {"messages": MSG, "temperature": "hot"}, 400, None, "temperature"),
     ("/v1/chat/completions", {"messages": MSG, "stream": "yes"}, 400, None, "stream"),
