@@ -127,6 +127,7 @@ class _Add:
     arrival_time: float | None
     stream: RequestStream
     admitted: asyncio.Future
+    submitted: float  # perf_counter() when the caller submitted it: TTFT and e2e start here
 
 
 @dataclass
@@ -244,7 +245,8 @@ class AsyncLLMEngine:
         self._check_alive()
         stream = RequestStream(request_id)
         admitted = asyncio.get_running_loop().create_future()
-        self._commands.put(_Add(request_id, prompt, params, arrival_time, stream, admitted))
+        self._commands.put(_Add(request_id, prompt, params, arrival_time, stream, admitted,
+                                time.perf_counter()))
         try:
             await admitted  # raises what the engine thread raised
         except asyncio.CancelledError:
@@ -342,7 +344,7 @@ class AsyncLLMEngine:
                     error = e
             if error is None:
                 self._streams[cmd.request_id] = cmd.stream
-                self._tracks[cmd.request_id] = _Track(arrival=time.perf_counter())
+                self._tracks[cmd.request_id] = _Track(arrival=cmd.submitted)
                 waiting += max(1, int(getattr(cmd.params, "n", 1) or 1))
             self._call_loop(_resolve, cmd.admitted, error)
 

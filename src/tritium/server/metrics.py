@@ -13,8 +13,9 @@ Names follow vLLM's (``vllm:`` becomes ``tritium:``) so existing dashboards map 
     tritium:prompt_tokens_total / generation_tokens_total counters
     tritium:request_success_total{finished_reason=...}   counter
 
-Timings are measured in the engine thread (``AsyncLLMEngine``'s observer hooks), from the moment
-the engine thread accepts the request to the step that produced the token.
+Timings are taken in the engine thread (``AsyncLLMEngine``'s observer hooks), from the moment the
+request was submitted to the engine (after parsing and tokenization) to the end of the step that
+produced the token.
 """
 
 from __future__ import annotations
