@@ -9,9 +9,6 @@ Two entry points over the same weights:
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import torch
 from torch import nn
 
@@ -20,13 +17,6 @@ from tritium.layers.rotary import RotaryEmbedding
 from tritium.ops import attention as attention_ops
 from tritium.ops import paged_attention as paged_ops
 from tritium.ops.paged_attention import AttentionMetadata
-
-
-@functools.cache
-def _accepts(fn: object, arg: str) -> bool:
-    """Whether an op takes ``arg`` (window support lands with the kernels; until then the
-    layer refuses long sequences instead of silently attending past the window)."""
-    return arg in inspect.signature(fn).parameters
 
 
 class Attention(nn.Module):
@@ -63,17 +53,14 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(hidden_size, self.q_size + 2 * self.kv_size, bias=qkv_bias)
         self.o_proj = Linear(self.q_size, hidden_size, bias=o_bias)
 
-    def _qkv(
-        self, x: torch.Tensor, positions: torch.Tensor, rotary: RotaryEmbedding
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # x: (..., hidden) -> q (..., Hq, D), k/v (..., Hk, D), q and k rotated
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # x: (..., hidden) -> q (..., Hq, D), k/v (..., Hk, D), not yet rotated (views of qkv)
         qkv = self.qkv_proj(x)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         lead = x.shape[:-1]
         q = q.reshape(*lead, self.num_heads, self.head_dim)
         k = k.reshape(*lead, self.num_kv_heads, self.head_dim)
         v = v.reshape(*lead, self.num_kv_heads, self.head_dim)
-        q, k = rotary(q, k, positions)
         return q, k, v
 
     def forward(
@@ -81,15 +68,11 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """x: (B, S, hidden), positions: (B, S) -> (B, S, hidden); causal over each row."""
         B, S, _ = x.shape
-        q, k, v = self._qkv(x, positions, rotary)  # (B, S, H, D)
+        q, k, v = self._qkv(x)  # (B, S, H, D)
+        q, k = rotary(q, k, positions)
         kwargs = {}
         if self.sliding_window is not None and S > self.sliding_window:
-            if not _accepts(attention_ops.flash_attn_func, "window_size"):
-                raise NotImplementedError(
-                    f"sliding-window attention (window {self.sliding_window}) over a sequence "
-                    f"of {S} tokens: the attention op has no window support yet"
-                )
-            kwargs["window_size"] = (self.sliding_window - 1, 0)
+            kwargs["window_size"] = (self.sliding_window - 1, 0)  # keys i-W+1 .. i
         o = attention_ops.flash_attn_func(
             q, k, v, causal=True, softmax_scale=self.scale, **kwargs
         )  # (B, S, Hq, D)
@@ -111,16 +94,11 @@ class Attention(nn.Module):
         """
         kwargs = {}
         if self.sliding_window is not None and meta.max_seqlen_k > self.sliding_window:
-            if not _accepts(paged_ops.paged_attention, "sliding_window"):
-                raise NotImplementedError(
-                    f"sliding-window attention (window {self.sliding_window}) over a context "
-                    f"of {meta.max_seqlen_k} tokens: paged attention has no window support yet"
-                )
             kwargs["sliding_window"] = self.sliding_window
         T = x.shape[0]
-        q, k, v = self._qkv(x, positions, rotary)  # (T, H, D)
+        q, k, v = self._qkv(x)  # (T, H, D)
         k_cache, v_cache = kv_cache
-        paged_ops.write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        q, _ = rotary.rope_and_write_kv(q, k, v, positions, k_cache, v_cache, meta.slot_mapping)
         o = paged_ops.paged_attention(
             q, k_cache, v_cache, meta, softmax_scale=self.scale, **kwargs
         )  # (T, Hq, D)

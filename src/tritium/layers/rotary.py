@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tritium.ops.rotary import apply_rope, rope_cos_sin_cache
+from tritium.ops.rotary import apply_rope, rope_and_write_kv, rope_cos_sin_cache
 
 
 class RotaryEmbedding(nn.Module):
@@ -47,6 +47,22 @@ class RotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """q: (..., Hq, D), k: (..., Hk, D), positions: (...) int -> rotated (q, k)."""
         return apply_rope(q, k, positions, self.cos_sin_cache)
+
+    def rope_and_write_kv(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        positions: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Packed q (T, Hq, D), k/v (T, Hk, D): rotate q and k, write rotated k and v into the
+        paged caches at ``slot_mapping`` (one fused kernel on the GPU); returns (q_rot, k_rot)."""
+        return rope_and_write_kv(
+            q, k, v, positions, self.cos_sin_cache, k_cache, v_cache, slot_mapping
+        )
 
     def extra_repr(self) -> str:
         return f"head_dim={self.head_dim}, max_positions={self.max_positions}, theta={self.theta}"
