@@ -18,6 +18,7 @@ only if importable (recorded either way).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import importlib.util
 import json
@@ -37,6 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--page", type=int, default=16)
     p.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    p.add_argument("--kv-dtype", choices=["auto", "fp8"], default="auto",
+                   help="fp8: e4m3 cache (scale 1), half the K/V bytes")
     p.add_argument("--sweep", action="store_true", help="batch 1..256 x context 512..32k")
     p.add_argument("--tune", action="store_true", help="time kernel configs at the headline")
     p.add_argument("--max-kv-gib", type=float, default=8.0, help="skip larger sweep points")
@@ -49,7 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---------------------------------------------------------------------------------------------
 # inputs and peers
 # ---------------------------------------------------------------------------------------------
-def make_inputs(batch, context, hq, hk, d, page, dtype, device, seed=0):
+def make_inputs(batch, context, hq, hk, d, page, dtype, device, seed=0, kv_dtype=None):
     """Random q and a paged cache with each sequence's pages scattered over the pool."""
     import torch
 
@@ -62,6 +65,8 @@ def make_inputs(batch, context, hq, hk, d, page, dtype, device, seed=0):
     v_cache = torch.randn(num_blocks, page, hk, d, device=device, dtype=dtype, generator=g)
     perm = torch.randperm(num_blocks, device=device, generator=g)
     block_tables = perm.view(batch, nblk).to(torch.int32)
+    if kv_dtype is not None:
+        k_cache, v_cache = k_cache.to(kv_dtype), v_cache.to(kv_dtype)
     q = torch.randn(batch, hq, d, device=device, dtype=dtype, generator=g)
     seq_lens = torch.full((batch,), context, dtype=torch.int32, device=device)
     meta = AttentionMetadata(
@@ -72,8 +77,8 @@ def make_inputs(batch, context, hq, hk, d, page, dtype, device, seed=0):
     return q, k_cache, v_cache, meta
 
 
-def decode_bytes(batch, context, hq, hk, d, elt) -> int:
-    return 2 * batch * context * hk * d * elt + 2 * batch * hq * d * elt
+def decode_bytes(batch, context, hq, hk, d, elt, kv_elt) -> int:
+    return 2 * batch * context * hk * d * kv_elt + 2 * batch * hq * d * elt
 
 
 def torch_gather(k_cache, v_cache, meta):
@@ -144,18 +149,25 @@ def run_point(args, batch, context, device, dtype, copy_gbs, baseline=True, **cf
 
 
 def _run_point(args, batch, context, device, dtype, copy_gbs, baseline, **cfg) -> dict:
+    import torch
 
     from tritium.kernels.paged_attention import choose_num_splits, num_sms, paged_decode
 
     hq, hk, d = args.num_q_heads, args.num_kv_heads, args.head_dim
-    q, kc, vc, meta = make_inputs(batch, context, hq, hk, d, args.page, dtype, device)
+    fp8 = args.kv_dtype == "fp8"
+    q, kc, vc, meta = make_inputs(batch, context, hq, hk, d, args.page, dtype, device,
+                                  kv_dtype=torch.float8_e4m3fn if fp8 else None)
     scale = d ** -0.5
     run = lambda: paged_decode(q, kc, vc, meta.block_tables, meta.seq_lens,  # noqa: E731
                                meta.max_seqlen_k, scale, **cfg)
     out = run()
-    ref = torch_decode(q.float(), kc.float(), vc.float(), meta, scale)
-    rel_err = ((out.float() - ref).norm() / ref.norm()).item()
-    nbytes = decode_bytes(batch, context, hq, hk, d, q.element_size())
+    # fp32 reference on (at most) 4 sequences: an fp32 copy of a large cache would not fit
+    n = min(batch, 4)
+    sub = dataclasses.replace(meta, block_tables=meta.block_tables[:n], seq_lens=meta.seq_lens[:n])
+    ref = torch_decode(q[:n].float(), kc.float(), vc.float(), sub, scale)
+    rel_err = ((out[:n].float() - ref).norm() / ref.norm()).item()
+    nbytes = decode_bytes(batch, context, hq, hk, d, q.element_size(), kc.element_size())
+    baseline = baseline and not fp8
     ms = bench_ms(run, args.rep_ms, device)
     splits = cfg.get("num_splits") or choose_num_splits(batch, hk, context, num_sms(device),
                                                         cfg.get("block_n") or 64)
@@ -216,12 +228,16 @@ def main(argv=None) -> dict:
         return row
 
     rows = [point(args.batch, args.context)]
-    tuned = []
+    tuned, split_study = [], []
     if args.tune and not args.smoke:
         for cfg in TUNE_CONFIGS:
             tuned.append(point(args.batch, args.context, baseline=False, **cfg))
         for splits in (2, 4):
             tuned.append(point(args.batch, args.context, baseline=False, num_splits=splits))
+        print("split count study (auto choice is in the sweep):", flush=True)
+        for b, c, choices in ((16, 4096, (1, 2, 4, 8)), (2, 32768, (8, 16, 32, 64))):
+            for splits in choices:
+                split_study.append(point(b, c, baseline=False, num_splits=splits))
     if args.sweep or args.smoke:
         batches = (1, 2) if args.smoke else SWEEP_BATCH
         contexts = (17, 33) if args.smoke else SWEEP_CONTEXT
@@ -244,7 +260,7 @@ def main(argv=None) -> dict:
         "config": {k: v for k, v in vars(args).items() if k != "out"},
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "copy_gbs": copy_gbs, "peers_importable": peers_available(),
-        "rows": rows, "tune": tuned,
+        "rows": rows, "tune": tuned, "split_study": split_study,
     }
     if args.out:
         with open(args.out, "w") as f:

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-FP8_E4M3_MAX = 448.0  # largest finite float8_e4m3fn
+FP8_E4M3_MAX = tl.constexpr(448.0)  # largest finite float8_e4m3fn (a constexpr: jit reads it)
 
 
 @triton.jit
