@@ -264,7 +264,19 @@ def add_bench_serve(bench_subparsers: Any) -> None:
     p.set_defaults(func=run_bench_serve)
 
 
-BENCH_COMMANDS: list[Callable[[Any], None]] = [add_bench_serve]  # each adds `tritium bench NAME`
+def add_bench_throughput(bench_subparsers: Any) -> None:
+    from tritium.bench.throughput import add_throughput_arguments, run_from_args
+
+    p = bench_subparsers.add_parser("throughput", help="offline throughput vs HF generate (and "
+                                    "vLLM)", description="N random-token requests through "
+                                    "LLM.generate, then the same requests through the peers; "
+                                    "output and total tokens/s.")
+    add_throughput_arguments(p)
+    p.set_defaults(func=run_from_args)
+
+
+# each adds `tritium bench NAME`
+BENCH_COMMANDS: list[Callable[[Any], None]] = [add_bench_serve, add_bench_throughput]
 
 
 def add_bench_command(subparsers: Any) -> None:

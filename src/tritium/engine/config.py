@@ -109,6 +109,9 @@ class EngineConfig:
         device: "cuda", "cpu", ...; None = CUDA when available.
         seed: seed of the engine's own randomness (unseeded requests still draw fresh seeds).
         served_model_name: name reported by the server; None = derived from ``model``.
+        skip_tokenizer_init: run without a tokenizer (vLLM's flag): prompts must be token ids,
+            outputs carry token ids and empty text, stop strings are refused. Implied by
+            models without a tokenizer (``random:<preset>``).
         scheduler / cache: see :class:`SchedulerConfig` and :class:`CacheConfig`.
     """
 
@@ -118,6 +121,7 @@ class EngineConfig:
     device: str | None = None
     seed: int = 0
     served_model_name: str | None = None
+    skip_tokenizer_init: bool = False
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
 
@@ -126,6 +130,10 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {MODEL_DTYPES}, got {self.dtype!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
+        if not isinstance(self.skip_tokenizer_init, bool):
+            raise TypeError(
+                f"skip_tokenizer_init must be a bool, got {self.skip_tokenizer_init!r}"
+            )
         if not isinstance(self.scheduler, SchedulerConfig):
             raise TypeError(f"scheduler must be a SchedulerConfig, got {self.scheduler!r}")
         if not isinstance(self.cache, CacheConfig):

@@ -33,6 +33,8 @@ class LLM:
         kv_cache_dtype, cpu_kv_cache_gb: the paged KV cache (see ``CacheConfig``).
         max_num_seqs, max_num_batched_tokens, max_model_len: the batch (``SchedulerConfig``).
         seed: the engine's own seed.
+        skip_tokenizer_init: no tokenizer: prompts are token ids, outputs have empty text
+            (implied by models without one, e.g. "random:llama3-8b").
     """
 
     def __init__(
@@ -51,9 +53,11 @@ class LLM:
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 8192,
         max_model_len: int | None = None,
+        skip_tokenizer_init: bool = False,
     ) -> None:
         config = EngineConfig(
             model=model, dtype=dtype, device=device, seed=seed,
+            skip_tokenizer_init=skip_tokenizer_init,
             scheduler=SchedulerConfig(
                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                 max_model_len=max_model_len,
@@ -112,6 +116,9 @@ class LLM:
         self, messages: list[dict[str, str]], add_generation_prompt: bool = True
     ) -> list[int]:
         """A conversation -> prompt token ids, through the model's own chat template."""
+        if self.tokenizer is None:
+            raise ValueError("chat needs a tokenizer; this LLM runs without one "
+                             "(skip_tokenizer_init)")
         if not messages:
             raise ValueError("messages must not be empty")
         for m in messages:

@@ -48,7 +48,9 @@ class LLMEngine:
         config = config or EngineConfig()
         self.runner = ModelRunner(config)
         self.config = with_resolved_lengths(config, self.runner)
-        self.tokenizer = self.runner.tokenizer
+        # No tokenizer (asked for, or the model has none, e.g. random:<preset>): token ids only.
+        self.skip_tokenizer_init = config.skip_tokenizer_init or self.runner.tokenizer is None
+        self.tokenizer = None if self.skip_tokenizer_init else self.runner.tokenizer
         self.model_config = self.runner.model_config
         self.max_model_len = self.config.scheduler.max_model_len
         self.scheduler = Scheduler(
@@ -70,6 +72,9 @@ class LLMEngine:
     def encode_prompt(self, prompt: str | list[int]) -> tuple[str | None, list[int]]:
         """Text -> token ids (with the tokenizer's BOS rule); token ids are checked and kept."""
         if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this engine runs without a tokenizer (skip_tokenizer_init): "
+                                 "prompts must be lists of token ids")
             ids = self.tokenizer.encode(prompt)
             return prompt, list(ids)
         if not isinstance(prompt, (list, tuple)) or not all(
@@ -94,6 +99,9 @@ class LLMEngine:
         request_id = str(next(self._ids)) if request_id is None else request_id
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running")
+        if params.stop and self.tokenizer is None:
+            raise ValueError(f"stop strings {params.stop!r} need a tokenizer; this engine runs "
+                             "without one (skip_tokenizer_init): use stop_token_ids")
         text, ids = self.encode_prompt(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
@@ -106,7 +114,8 @@ class LLMEngine:
         self.scheduler.add(seqs)
         req = _Request(
             request_id, text, ids, params, seqs,
-            [IncrementalDetokenizer(self.tokenizer, ids, params) for _ in seqs],
+            [IncrementalDetokenizer(self.tokenizer, ids, params) if self.tokenizer is not None
+             else _NoDetokenizer() for _ in seqs],
             prompt_logprobs=None if params.prompt_logprobs is None else [None] * len(ids),
         )
         self._requests[request_id] = req
@@ -197,6 +206,20 @@ class LLMEngine:
             num_generation_tokens_total=self.num_generation_tokens_total,
         )
         return s
+
+
+class _NoDetokenizer:
+    """Stands in for IncrementalDetokenizer under skip_tokenizer_init: text stays ""."""
+
+    text = ""
+    stop_reason = None
+
+    def __init__(self) -> None:
+        self.finished = False
+
+    def update(self, new_token_ids: Any, finished: bool = False) -> str:
+        self.finished = self.finished or finished
+        return ""
 
 
 def _trim(lp: Any, k: int) -> Any:

@@ -85,13 +85,19 @@ def load_model(
     """Load a checkpoint (GGUF file or HF folder; None = the embedded SmolLM2-135M-Instruct)
     and build its model in eval mode on ``device`` in ``dtype``.
 
+    ``path = "random:<preset>"`` (models/presets.py, e.g. "random:llama3-8b") builds that shape
+    with random weights initialised on ``device`` and returns tokenizer None (benchmarks).
+
     Returns (model, tokenizer, config). Raises ``ModelLoadError`` for bad checkpoints and
     ``ValueError`` for a bad device/dtype.
     """
     from tritium.models.loader import load_checkpoint
+    from tritium.models.presets import is_random_model, load_random_model
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    if is_random_model(path):
+        return load_random_model(path, device=dev, dtype=dt)
     ckpt = load_checkpoint(path)
     model = build_model(ckpt.config, ckpt.state_dict, device=dev, dtype=dt)
     n_params = sum(p.numel() for p in model.parameters())
