@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tritium.layers.attention import Attention
+from tritium.layers.linear import Linear
 from tritium.layers.mlp import GatedMLP
 from tritium.layers.norm import RMSNorm
 from tritium.layers.rotary import RotaryEmbedding
@@ -133,7 +134,7 @@ class LlamaForCausalLM(nn.Module):
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            else Linear(config.hidden_size, config.vocab_size, bias=False)
         )
 
     def forward(
