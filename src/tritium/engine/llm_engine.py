@@ -15,6 +15,7 @@ from tritium.engine.config import EngineConfig
 from tritium.engine.detokenizer import IncrementalDetokenizer
 from tritium.engine.model_runner import ModelRunner, with_resolved_lengths
 from tritium.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from tritium.engine.sampler import validate_sampling_params
 from tritium.engine.sampling_params import SamplingParams
 from tritium.engine.scheduler import Scheduler
 from tritium.engine.sequence import Sequence, SequenceStatus, create_sequences
@@ -99,6 +100,9 @@ class LLMEngine:
         request_id = str(next(self._ids)) if request_id is None else request_id
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already running")
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        validate_sampling_params(params, self.model_config.vocab_size)
         if params.stop and self.tokenizer is None:
             raise ValueError(f"stop strings {params.stop!r} need a tokenizer; this engine runs "
                              "without one (skip_tokenizer_init): use stop_token_ids")
