@@ -3,7 +3,7 @@
 Every case poisons the cache slots no sequence owns with NaN (block tables are padded with
 block 0, which may be one of them), so a kernel that reads past a sequence or leaks a padded
 row fails loudly. Interpreter tests use fp16/fp32: tl.dot on bf16 is wrong under the
-Triton 3.9 interpreter (bf16 is checked on the GPU by benchmarks/decode_attention.py --check).
+Triton 3.9 interpreter (bf16 is checked on the GPU by benchmarks/check_kernels_gpu.py).
 """
 
 from __future__ import annotations
