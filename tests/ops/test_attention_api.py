@@ -87,6 +87,9 @@ def test_bad_flags():
         tritium.flash_attn_func(q, k, v, window_size=(-3, 0))
     with pytest.raises(TypeError, match="pair"):
         tritium.flash_attn_func(q, k, v, window_size=5)
+    for bad in (0.0, -0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="softmax_scale"):
+            tritium.flash_attn_func(q, k, v, softmax_scale=bad)
 
 
 def test_bad_cu_seqlens():

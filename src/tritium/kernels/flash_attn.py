@@ -34,15 +34,6 @@ def _tanh(x):
 
 
 @triton.jit
-def _scores(qk, qk_scale, softcap_scale, softcap_log2, SOFTCAP: tl.constexpr):
-    """Raw q.k (fp32) -> base-2 logits: s * log2(e), with the optional tanh softcap."""
-    if SOFTCAP:
-        return _tanh(qk * softcap_scale) * softcap_log2
-    else:
-        return qk * qk_scale
-
-
-@triton.jit
 def _visible(rows, cols, seqlen_k, diag_lo, diag_hi,
              HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr):
     """Bool tile: which (query row, key column) pairs the band and Sk allow. ``rows`` and
@@ -82,21 +73,27 @@ def _fwd_loop(
             k = tl.load(k_ptrs)
         else:
             k = tl.load(k_ptrs, mask=d_ok, other=0.0)
-        # -- scores: (BM, BN) fp32, base 2 --
-        s = _scores(tl.dot(q, tl.trans(k)), qk_scale, softcap_scale, softcap_log2, SOFTCAP)
+        # -- scores: (BM, BN) fp32. Without a cap the scale (> 0, checked by the API) is
+        # applied after the row max, so that scaling and subtracting the max is one FMA --
+        s = tl.dot(q, tl.trans(k))
+        if SOFTCAP:
+            s = _tanh(s * softcap_scale) * softcap_log2  # base-2 logits
+            row_scale = 1.0
+        else:
+            row_scale = qk_scale
         if MASKED:
             ok = _visible(offs_m[:, None], (start_n + offs_n)[None, :], seqlen_k, diag_lo,
                           diag_hi, HAS_LEFT, HAS_RIGHT)
             if HAS_TILE:
                 ok = ok & (tl.load(tile_ptrs + (start_n - lo)) != 0)
             s = tl.where(ok, s, float("-inf"))
-        # -- online softmax --
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # -- online softmax (base 2) --
+        m_new = tl.maximum(m_i, tl.max(s, 1) * row_scale)
         if MASKED:  # a row with nothing visible yet keeps m = -inf: subtract 0, not -inf
             m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_new_safe = m_new
-        p = tl.math.exp2(s - m_new_safe[:, None])
+        p = tl.math.exp2(s * row_scale - m_new_safe[:, None])
         alpha = tl.math.exp2(m_i - m_new_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
@@ -245,13 +242,14 @@ def _flash_attn_fwd_kernel(
 
 # -- launcher --------------------------------------------------------------------------------
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per padded head dim, tuned on an H100 (see
-# docs/perf-notes.md). Keys: (D_PAD, causal).
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per (padded head dim, causal). D 64/128: the
+# fastest of a sweep on an H100 at S = 4096 (docs/perf-notes.md, 2026-11-23); D 32 takes D 64's;
+# D 256 is chosen for no register spills (ptxas), not timed.
 _FWD_CONFIGS = {
-    (32, False): (128, 64, 4, 3), (32, True): (128, 64, 4, 3),
-    (64, False): (128, 64, 4, 3), (64, True): (128, 64, 4, 3),
-    (128, False): (128, 64, 8, 3), (128, True): (128, 64, 8, 3),
-    (256, False): (64, 64, 4, 2), (256, True): (64, 64, 4, 2),
+    (32, False): (128, 64, 8, 3), (32, True): (128, 64, 8, 3),
+    (64, False): (128, 64, 8, 3), (64, True): (128, 64, 8, 3),
+    (128, False): (128, 64, 8, 4), (128, True): (128, 64, 8, 4),
+    (256, False): (128, 32, 8, 2), (256, True): (128, 32, 8, 2),
 }
 _INTERPRET_CONFIG = (32, 32, 4, 1)  # the interpreter: few, small tiles (tests pass others)
 
@@ -261,11 +259,21 @@ def head_dim_padded(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def fwd_config(head_dim: int, causal: bool, interpret: bool) -> tuple[int, int, int, int]:
+# Causal with short queries (S <= 1024) at D 128: narrower key tiles waste less of the
+# diagonal: 292 vs 258 TFLOP/s at S = 1024; at S = 4096 the default wins, 408 vs 386 (H100
+# sweep, 2026-11-23).
+_FWD_SHORT_CAUSAL = {128: (128, 32, 8, 3)}
+
+
+def fwd_config(head_dim: int, causal: bool, interpret: bool,
+               seqlen_q: int | None = None) -> tuple[int, int, int, int]:
     """Default (BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward kernel."""
     if interpret:
         return _INTERPRET_CONFIG
-    return _FWD_CONFIGS[(head_dim_padded(head_dim), causal)]
+    d_pad = head_dim_padded(head_dim)
+    if causal and seqlen_q is not None and seqlen_q <= 1024 and d_pad in _FWD_SHORT_CAUSAL:
+        return _FWD_SHORT_CAUSAL[d_pad]
+    return _FWD_CONFIGS[(d_pad, causal)]
 
 
 def as_batched(t: torch.Tensor, varlen: bool) -> torch.Tensor:
@@ -345,7 +353,7 @@ def flash_attn_fwd(
     if out.numel() == 0 or batch == 0:
         lse.fill_(float("-inf"))
         return out, lse
-    bm_, bn, warps, stages = config or fwd_config(D, causal, _interpreting())
+    bm_, bn, warps, stages = config or fwd_config(D, causal, _interpreting(), seqlen_q)
     if block_mask is not None:
         bm_, bn = min(bm_, block_mask.q_block_size), min(bn, block_mask.kv_block_size)
     mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask, bm_, bn, q.device)

@@ -384,13 +384,14 @@ def _bwd_dq_kernel(
 
 # -- launchers -------------------------------------------------------------------------------
 
-# ((dK/dV: BLOCK_M, BLOCK_N, warps, stages), (dQ: BLOCK_M, BLOCK_N, warps, stages)) per D_PAD,
-# tuned on an H100 (docs/perf-notes.md).
+# ((dK/dV: BLOCK_M, BLOCK_N, warps, stages), (dQ: BLOCK_M, BLOCK_N, warps, stages)) per D_PAD:
+# D 64/128 the fastest of a sweep on an H100 at S = 4096 (docs/perf-notes.md, 2026-11-23);
+# D 32 takes D 64's; D 256 is chosen for few register spills (ptxas), not timed.
 _BWD_CONFIGS = {
-    32: ((64, 128, 8, 2), (128, 64, 8, 2)),
-    64: ((64, 128, 8, 2), (128, 64, 8, 2)),
-    128: ((64, 128, 8, 2), (128, 64, 8, 2)),
-    256: ((32, 64, 4, 2), (64, 32, 4, 2)),
+    32: ((32, 64, 4, 3), (64, 64, 4, 3)),
+    64: ((32, 64, 4, 3), (64, 64, 4, 3)),
+    128: ((64, 128, 8, 2), (64, 64, 4, 2)),
+    256: ((32, 64, 8, 2), (64, 32, 8, 2)),
 }
 _INTERPRET_CONFIG = ((32, 32, 4, 1), (32, 32, 4, 1))
 

@@ -27,6 +27,7 @@ from tritium.ops.attention_checks import (
     check_cu_seqlens_values,
     check_flags,
     check_qkv,
+    check_scale,
     check_window,
 )
 from tritium.ops.attention_reference import (
@@ -169,7 +170,7 @@ def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap, bott
     left, right = window
     mask = [getattr(block_mask, f) for f in _MASK_FIELDS] if block_mask is not None else []
     blocks = (block_mask.q_block_size, block_mask.kv_block_size) if block_mask else (0, 0)
-    out, lse = _fwd_op(q, k, v, cu_q, cu_k, max_q, max_k, float(scale), bool(causal), left,
+    out, lse = _fwd_op(q, k, v, cu_q, cu_k, max_q, max_k, check_scale(scale), causal, left,
                        right, float(softcap), bottom_right, mask, *blocks)
     return (out, lse) if return_lse else out
 
@@ -187,7 +188,8 @@ def flash_attn_func(
     causal: query i sees keys j <= i + Sk - Sq (bottom-right, flash-attn >= 2.1).
     window_size (left, right): i sees j in [i + Sk - Sq - left, i + Sk - Sq + right]; -1 or
     None = unbounded. softcap > 0: scores become softcap * tanh(scores / softcap) before
-    masking. softmax_scale: default 1/sqrt(D). block_mask: a ``BlockMask`` ANDed with the rest.
+    masking. softmax_scale (> 0): default 1/sqrt(D). block_mask: a ``BlockMask``, ANDed with
+    the rest.
     dropout_p must be 0 (no dropout); the backward is always deterministic (``deterministic``
     is accepted for flash-attn compatibility). Differentiable in q, k, v and through lse.
     """

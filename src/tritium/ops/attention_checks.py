@@ -33,6 +33,14 @@ def check_flags(*, causal, dropout_p, softcap, return_lse, deterministic,
             raise TypeError(f"{name} must be a bool, got {val!r}")
 
 
+def check_scale(scale) -> float:
+    """The softmax scale: a finite number > 0 (the kernels fold it in after the row max)."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not \
+            (0 < scale < float("inf")):
+        raise ValueError(f"softmax_scale must be a finite number > 0, got {scale!r}")
+    return float(scale)
+
+
 def check_qkv(q, k, v, *, rank: int, layout: str, head_dim: int | None = None) -> None:
     """dtype, device, rank, head dim, heads and strides of q, k, v. ``head_dim`` is the index
     of the heads dim (default: rank - 2)."""

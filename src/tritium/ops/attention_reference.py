@@ -21,6 +21,8 @@ from types import SimpleNamespace
 
 import torch
 
+from tritium.ops.block_mask import BlockMask
+
 
 def _window(window_size: tuple[int | None, int | None] | None) -> tuple[int | None, int | None]:
     """(left, right) with -1 or None meaning unbounded -> (left|None, right|None)."""
@@ -32,42 +34,17 @@ def _window(window_size: tuple[int | None, int | None] | None) -> tuple[int | No
     return left, right
 
 
-def block_mask_states(bm) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dense block view of a ``BlockMask``: state (B|1, H|1, nQB, nKB) int8 (0 empty,
-    1 partial, 2 full) and, for partial blocks, their row in ``mask_tiles`` (int64)."""
-    B, H, nqb = bm.kv_num_blocks.shape
-    nkb = bm.kv_indices.shape[-1]
-    dev = bm.kv_num_blocks.device
-    j = torch.arange(nkb, device=dev)
-    # column nkb swallows the unused list slots
-    state = torch.zeros(B, H, nqb, nkb + 1, dtype=torch.int8, device=dev)
-    tile = torch.zeros(B, H, nqb, nkb + 1, dtype=torch.int64, device=dev)
-    for kind, num, idx in ((1, bm.kv_num_blocks, bm.kv_indices),
-                           (2, bm.full_kv_num_blocks, bm.full_kv_indices)):
-        valid = j < num[..., None].long()
-        col = torch.where(valid, idx.long(), nkb)
-        state.scatter_(-1, col, valid.to(torch.int8) * kind)
-        if kind == 1:
-            tile.scatter_(-1, col, torch.where(valid, bm.partial_tile_ids.long(), 0))
-    return state[..., :nkb], tile[..., :nkb]
-
-
 def block_mask_to_dense(bm) -> torch.Tensor:
-    """Expand a ``BlockMask`` into its boolean (B|1, H|1, Sq, Sk) mask (True = attend)."""
-    state, tile = block_mask_states(bm)
-    B, H, nqb, nkb = state.shape
-    elem = bm.mask_tiles.bool()[tile]  # (B, H, nqb, nkb, QB, KB)
-    dense = (state == 2)[..., None, None] | ((state == 1)[..., None, None] & elem)
-    dense = dense.permute(0, 1, 2, 4, 3, 5).reshape(
-        B, H, nqb * bm.q_block_size, nkb * bm.kv_block_size)
-    return dense[:, :, : bm.seq_len_q, : bm.seq_len_kv]
+    """The boolean (B|1, H|1, Sq, Sk) mask of a ``BlockMask`` (or of any object with its
+    fields, such as the one rebuilt inside the custom op), True = attend."""
+    return BlockMask.to_dense(bm)
 
 
 def transpose_block_mask(bm) -> SimpleNamespace:
     """Per (b, h, key block) the query blocks that see it (full / partial, ascending) and the
     partial blocks' tile ids: the iteration order of the backward's dK/dV pass. Same field
     names as ``BlockMask`` (kv_* now list query blocks) so kernels read both alike."""
-    state, tile = block_mask_states(bm)
+    state, tile = BlockMask.tile_states(bm)
     state, tile = state.transpose(-1, -2), tile.transpose(-1, -2)  # (B, H, nKB, nQB)
     nqb = state.shape[-1]
     order = torch.arange(nqb, device=state.device)
