@@ -185,10 +185,10 @@ def _hf_batches(hf: torch.nn.Module, wl: Workload, batch_size: int, temperature:
     return generated
 
 
-def run_hf(model: torch.nn.Module, mc: ModelConfig, dtype: torch.dtype, wl: Workload,
-           warmup: Workload | None, args: argparse.Namespace) -> EngineResult:
-    """HF ``generate`` over the workload in static left-padded batches (see the module doc)."""
-    hf = build_hf_model(model, mc, dtype, args.device, args.hf_attn_implementation)
+def run_hf(hf: torch.nn.Module, wl: Workload, warmup: Workload | None,
+           args: argparse.Namespace) -> EngineResult:
+    """HF ``generate`` (model from :func:`build_hf_model`) over the workload in static
+    left-padded batches (see the module doc)."""
     if warmup is not None:
         _hf_batches(hf, warmup, args.hf_batch_size, args.temperature, args.device)
     torch.manual_seed(args.seed)

@@ -203,11 +203,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.max_model_len = args.input_len_range[1] + args.output_len_range[1]
     if args.temperature < 0:
         raise ValueError(f"--temperature must be >= 0, got {args.temperature}")
-    peers = [s.strip() for s in args.peers.split(",") if s.strip() and s.strip() != "none"]
-    bad = [s for s in peers if s not in PEERS]
+    names = [s.strip() for s in args.peers.split(",") if s.strip() and s.strip() != "none"]
+    bad = [s for s in names if s not in PEERS]
     if bad:
         raise ValueError(f"unknown peer(s) {', '.join(bad)} in --peers (known: hf, vllm, none)")
-    args.peers = peers
+    args.peers = names
     return args
 
 
@@ -268,7 +268,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Resolve defaults, run tritium then each peer on the same requests; returns the report."""
     import torch
 
-    from tritium.bench.peers import environment, model_flops_per_token, run_hf, run_vllm
+    from tritium.bench import peers
 
     resolve_args(args)
     if args.threads is not None:
@@ -291,14 +291,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.resolved_dtype = str(dtype).removeprefix("torch.")
     del llm, runner  # frees the KV cache; the weights stay for the HF peer
     _free(args.device)
+    hf = None
     if "hf" in args.peers:
-        results.append(run_hf(model, mc, dtype, wl, warmup, args))
-    del model  # vLLM needs the memory
+        hf = peers.build_hf_model(model, mc, dtype, args.device, args.hf_attn_implementation)
+    del model  # HF holds its own copy (an 8B model would otherwise take 16 GB twice)
     _free(args.device)
-    if "vllm" in args.peers:
-        results.append(run_vllm(mc, wl, warmup, args))
+    if hf is not None:
+        results.append(peers.run_hf(hf, wl, warmup, args))
+        del hf  # vLLM needs the memory
         _free(args.device)
-    flops = model_flops_per_token(mc)
+    if "vllm" in args.peers:
+        results.append(peers.run_vllm(mc, wl, warmup, args))
+        _free(args.device)
+    flops = peers.model_flops_per_token(mc)
     for r in results:
         if r.ran:
             tokens = r.input_tokens + r.output_tokens
@@ -307,7 +312,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "throughput",
         "config": {k: v for k, v in vars(args).items() if k != "func"},
         "model_config": mc.to_dict(),
-        "environment": dict(environment(args.device), dtype=args.resolved_dtype),
+        "environment": dict(peers.environment(args.device), dtype=args.resolved_dtype),
         "workload": {"num_requests": len(wl.prompts), "input_tokens": wl.num_input_tokens,
                      "output_tokens": wl.num_output_tokens},
         "results": [r.to_dict() for r in results],
