@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from tritium.bench.throughput import EngineResult, Workload
+from tritium.bench.throughput import EngineResult, Workload, loadavg_1min
 from tritium.models.config import ModelConfig
 from tritium.models.presets import num_parameters
 
@@ -194,6 +194,7 @@ def run_hf(hf: torch.nn.Module, wl: Workload, warmup: Workload | None,
     torch.manual_seed(args.seed)
     if args.device == "cuda":
         torch.cuda.synchronize()
+    load_before = loadavg_1min()
     t0 = time.perf_counter()
     generated = _hf_batches(hf, wl, args.hf_batch_size, args.temperature, args.device)
     if args.device == "cuda":
@@ -203,6 +204,7 @@ def run_hf(hf: torch.nn.Module, wl: Workload, warmup: Workload | None,
         "hf", len(wl.prompts), wl.num_input_tokens, wl.num_output_tokens, elapsed,
         extra={"generated_tokens": generated, "batch_size": args.hf_batch_size,
                "attn_implementation": args.hf_attn_implementation,
+               "loadavg_1min_before_after": [load_before, loadavg_1min()],
                "counting": "useful output tokens = each request's own output length; "
                            "generated_tokens also counts each row's tokens past its length "
                            "(every batch runs to its longest request)"},
