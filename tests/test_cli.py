@@ -107,7 +107,7 @@ def test_prompt_longer_than_context(tiny_folder):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
     assert len(errors) == 1, proc.stderr
-    assert re.match(r"tritium: error: the prompt has \d+ tokens, the model's context is 32",
+    assert re.match(r"tritium: error: the prompt has \d+ tokens, but the context holds 32",
                     errors[0]), errors[0]
     assert proc.stdout.strip() == ""
 

@@ -105,51 +105,66 @@ def _info(message: str) -> None:
 
 
 def load_for_cli(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """Load the model named by --model/--device/--dtype, with a timing line on stderr."""
+    """Start an engine on --model/--device/--dtype, with a timing line on stderr.
+
+    Returns (engine, tokenizer, model_config). The CLI runs on the same continuous-batching
+    engine as ``tritium.LLM`` and the server, with one request at a time.
+    """
     import torch
 
-    from tritium.models import load_model
+    from tritium.engine.config import CacheConfig, EngineConfig, SchedulerConfig
+    from tritium.engine.llm_engine import LLMEngine
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but CUDA is not available on this machine")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    model, tokenizer, config = load_model(args.model, device=args.device, dtype=args.dtype)
-    w = model.model.embed_tokens.weight
+    config = EngineConfig(
+        model=args.model, device=args.device, dtype=args.dtype or "auto",
+        # one interactive request: a small batch, and a CPU cache of one full context
+        scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=2048),
+        cache=CacheConfig(cpu_kv_cache_gb=0.5),
+    )
+    engine = LLMEngine(config)
+    runner = engine.runner
     _info(f"[tritium] loaded {args.model or 'SmolLM2-135M-Instruct (embedded)'} on "
-          f"{w.device.type} ({str(w.dtype).removeprefix('torch.')}) in "
+          f"{runner.device.type} ({str(runner.dtype).removeprefix('torch.')}) in "
           f"{time.perf_counter() - t0:.1f} s")
-    return model, tokenizer, config
+    return engine, engine.tokenizer, engine.model_config
 
 
-def generate_tokens(model: Any, tokenizer: Any, prompt_ids: list[int],
-                    args: argparse.Namespace) -> Iterator[int]:
-    """The one place the CLI calls the generation backend (swap in the engine here)."""
-    from tritium.generation import generate_stream
+def generate_outputs(engine: Any, prompt_ids: list[int], args: argparse.Namespace) -> Iterator[Any]:
+    """The one place the CLI calls the engine: yields the request's cumulative RequestOutput
+    after every step that advanced it."""
+    from tritium.engine.sampling_params import SamplingParams
 
-    return generate_stream(model, tokenizer, prompt_ids, max_tokens=args.max_tokens,
-                           temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
+                            top_p=args.top_p, seed=args.seed)
+    request_id = engine.add_request(None, prompt_ids, params)
+    try:
+        while engine.has_unfinished_requests():
+            yield from engine.step()
+    finally:
+        engine.abort_request(request_id)  # Ctrl-C or a broken pipe: free the request's blocks
 
 
-def stream_completion(model: Any, tokenizer: Any, prompt_ids: list[int],
+def stream_completion(engine: Any, tokenizer: Any, prompt_ids: list[int],
                       args: argparse.Namespace) -> str:
     """Generate, writing text to stdout as it comes; returns the full text and logs a timing."""
-    from tritium.generation import TextStreamer
-
-    streamer = TextStreamer(tokenizer)
     t0 = time.perf_counter()
-    n = 0
-    for token in generate_tokens(model, tokenizer, prompt_ids, args):
-        n += 1
-        sys.stdout.write(streamer.push(token))
+    text, num_tokens = "", 0
+    for out in generate_outputs(engine, prompt_ids, args):
+        new_text = out.outputs[0].text
+        sys.stdout.write(new_text[len(text):])
         sys.stdout.flush()
-    sys.stdout.write(streamer.flush() + "\n")
+        text, num_tokens = new_text, len(out.outputs[0].token_ids)
+    sys.stdout.write("\n")
     sys.stdout.flush()
     dt = time.perf_counter() - t0
-    _info(f"[tritium] {len(prompt_ids)} prompt + {n} generated tokens in {dt:.2f} s "
-          f"({n / dt if dt > 0 else 0.0:.1f} tok/s)")
-    return streamer.text
+    _info(f"[tritium] {len(prompt_ids)} prompt + {num_tokens} generated tokens in {dt:.2f} s "
+          f"({num_tokens / dt if dt > 0 else 0.0:.1f} tok/s)")
+    return text
 
 
 def encode_chat(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
@@ -174,12 +189,12 @@ def add_generate_command(subparsers: Any) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    model, tokenizer, _ = load_for_cli(args)
+    engine, tokenizer, _ = load_for_cli(args)
     if args.raw:
         prompt_ids = tokenizer(args.prompt)["input_ids"]
     else:
         prompt_ids = encode_chat(tokenizer, [{"role": "user", "content": args.prompt}])
-    stream_completion(model, tokenizer, prompt_ids, args)
+    stream_completion(engine, tokenizer, prompt_ids, args)
     return 0
 
 
@@ -218,7 +233,7 @@ def _fit_history(tokenizer: Any, messages: list[dict[str, str]], context: int) -
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    model, tokenizer, config = load_for_cli(args)
+    engine, tokenizer, _ = load_for_cli(args)
     messages: list[dict[str, str]] = []
     if args.system:
         messages.append({"role": "system", "content": args.system})
@@ -231,9 +246,9 @@ def run_chat(args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         messages.append({"role": "user", "content": line})
-        ids = _fit_history(tokenizer, messages, config.max_position_embeddings)
+        ids = _fit_history(tokenizer, messages, engine.max_model_len)
         try:
-            reply = stream_completion(model, tokenizer, ids, args)
+            reply = stream_completion(engine, tokenizer, ids, args)
         except ValueError as e:  # e.g. one message longer than the context: skip this turn
             messages.pop()
             _info(f"tritium: error: {e}")
