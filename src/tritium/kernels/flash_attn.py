@@ -130,6 +130,17 @@ def _band_ranges(m0, seqlen_k, diag_lo, diag_hi, BLOCK_M: tl.constexpr, BLOCK_N:
 
 
 @triton.jit
+def _clip(blo, bhi, lo, full_lo, full_hi, hi):
+    """A listed mask block [blo, bhi) cut by the band's ranges (see _band_ranges): masked
+    [s0, u0), unmasked [u0, u1), masked [u1, e0); tiles outside [lo, hi) are skipped."""
+    s0 = tl.maximum(blo, lo)
+    e0 = tl.minimum(bhi, hi)
+    u0 = tl.minimum(tl.maximum(s0, full_lo), e0)
+    u1 = tl.maximum(tl.minimum(e0, full_hi), u0)
+    return s0, u0, u1, e0
+
+
+@triton.jit
 def _seq_bounds(cu_seqlens_q, cu_seqlens_k, off_b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
     """(first row of q, first row of k, Sq, Sk) of sequence ``off_b``."""
     if IS_VARLEN:
@@ -197,27 +208,34 @@ def _flash_attn_fwd_kernel(
     args = (stride_ks, stride_vs, k_offs, v_offs, d_ok)
     rest = (offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale, softcap_log2)
 
+    lo, full_lo, full_hi, hi = _band_ranges(
+        m0, seqlen_k, diag_lo, diag_hi, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     if HAS_BLOCK_MASK:
-        # Visit only the key blocks the mask lists; full blocks need no element tile.
+        # Visit only the key blocks the mask lists. Full blocks take the unmasked path where
+        # they are inside the band too; partial blocks always load their element tile.
         qb = m0 // Q_BLOCK
         bm_off = off_b * stride_mb + off_h * stride_mh + qb * stride_mm
         idx_off = off_b * stride_ib + off_h * stride_ih + qb * stride_im
         tile_offs = (m0 % Q_BLOCK + rows)[:, None] * KV_BLOCK + offs_n[None, :]
         for j in range(0, tl.load(BM_full_num + bm_off)):
-            lo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
-            acc, l_i, m_i = _fwd_loop(
-                acc, l_i, m_i, q, k_base, v_base, lo, tl.minimum(lo + KV_BLOCK, seqlen_k),
-                *args, Q, *rest, BLOCK_N, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            blo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
+            s0, u0, u1, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
+            acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, s0, u0, *args, Q, *rest,
+                                      BLOCK_N, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, u0, u1, *args, Q, *rest,
+                                      BLOCK_N, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT,
+                                      SOFTCAP)
+            acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, u1, e0, *args, Q, *rest,
+                                      BLOCK_N, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
         for j in range(0, tl.load(BM_num + bm_off)):
-            lo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
-            tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK)
+            blo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
+            s0, _, _, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
+            tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
+                + (s0 - blo)
             acc, l_i, m_i = _fwd_loop(
-                acc, l_i, m_i, q, k_base, v_base, lo, tl.minimum(lo + KV_BLOCK, seqlen_k),
-                *args, BM_tiles + tile + tile_offs, *rest, BLOCK_N, EVEN_D, True, True,
-                HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                acc, l_i, m_i, q, k_base, v_base, s0, e0, *args, BM_tiles + tile + tile_offs,
+                *rest, BLOCK_N, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
     else:
-        lo, full_lo, full_hi, hi = _band_ranges(
-            m0, seqlen_k, diag_lo, diag_hi, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
         # left edge of a sliding window, inside the band (no masks), diagonal and the Sk edge
         acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, lo, full_lo, *args, Q, *rest,
                                   BLOCK_N, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)

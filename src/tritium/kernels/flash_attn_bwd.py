@@ -28,6 +28,7 @@ import triton.language as tl
 
 from tritium.kernels.flash_attn import (
     _band_ranges,
+    _clip,
     _interpreting,
     _lse_strides,
     _seq_bounds,
@@ -202,6 +203,8 @@ def _bwd_dkdv_kernel(
     rest = (offs_m, offs_n, seqlen_q, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
             softcap_log2)  # (constexprs cannot travel in tuples: they are passed one by one)
 
+    lo, full_lo, full_hi, hi = _query_ranges(
+        n0, seqlen_q, seqlen_k, diag_lo, diag_hi, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     for g in range(0, group):  # every query head that reads this kv head
         off_h = off_hk * group + g
         q64 = tl.cast(q_start, tl.int64)
@@ -211,7 +214,8 @@ def _bwd_dkdv_kernel(
         delta_base = Delta + b64 * stride_lb + off_h * stride_lh + q_start
         bases = (q_base, do_base, lse_base, delta_base)
         if HAS_BLOCK_MASK:
-            # Transposed lists: per (b, h, key block), the query blocks that see it.
+            # Transposed lists: per (b, h, key block), the query blocks that see it; full
+            # blocks take the unmasked path inside the band, as in the forward.
             kb = n0 // KV_BLOCK
             bm_off = off_b * stride_mb + off_h * stride_mh + kb * stride_mm
             idx_off = off_b * stride_ib + off_h * stride_ih + kb * stride_im
@@ -219,20 +223,24 @@ def _bwd_dkdv_kernel(
             tile_offs = offs_m[None, :] * KV_BLOCK \
                 + (n0 % KV_BLOCK + tl.arange(0, BLOCK_N))[:, None]
             for j in range(0, tl.load(BM_full_num + bm_off)):
-                lo = tl.load(BM_full_idx + idx_off + j) * Q_BLOCK
-                dk, dv = _dkdv_loop(
-                    dk, dv, k, v, *bases, lo, tl.minimum(lo + Q_BLOCK, seqlen_q), *args, Q,
-                    *rest, BLOCK_M, KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                blo = tl.load(BM_full_idx + idx_off + j) * Q_BLOCK
+                s0, u0, u1, e0 = _clip(blo, blo + Q_BLOCK, lo, full_lo, full_hi, hi)
+                dk, dv = _dkdv_loop(dk, dv, k, v, *bases, s0, u0, *args, Q, *rest, BLOCK_M,
+                                    KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                dk, dv = _dkdv_loop(dk, dv, k, v, *bases, u0, u1, *args, Q, *rest, BLOCK_M,
+                                    KV_BLOCK, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT,
+                                    SOFTCAP)
+                dk, dv = _dkdv_loop(dk, dv, k, v, *bases, u1, e0, *args, Q, *rest, BLOCK_M,
+                                    KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
             for j in range(0, tl.load(BM_num + bm_off)):
-                lo = tl.load(BM_idx + idx_off + j) * Q_BLOCK
-                tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK)
+                blo = tl.load(BM_idx + idx_off + j) * Q_BLOCK
+                s0, _, _, e0 = _clip(blo, blo + Q_BLOCK, lo, full_lo, full_hi, hi)
+                tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
+                    + (s0 - blo) * KV_BLOCK
                 dk, dv = _dkdv_loop(
-                    dk, dv, k, v, *bases, lo, tl.minimum(lo + Q_BLOCK, seqlen_q), *args,
-                    BM_tiles + tile + tile_offs, *rest, BLOCK_M, KV_BLOCK, EVEN_D, True, True,
-                    HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                    dk, dv, k, v, *bases, s0, e0, *args, BM_tiles + tile + tile_offs, *rest,
+                    BLOCK_M, KV_BLOCK, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
         else:
-            lo, full_lo, full_hi, hi = _query_ranges(
-                n0, seqlen_q, seqlen_k, diag_lo, diag_hi, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
             dk, dv = _dkdv_loop(dk, dv, k, v, *bases, lo, full_lo, *args, Q, *rest, BLOCK_M,
                                 KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
             dk, dv = _dkdv_loop(dk, dv, k, v, *bases, full_lo, full_hi, *args, Q, *rest,
@@ -351,24 +359,30 @@ def _bwd_dq_kernel(
     args = (stride_ks, stride_vs, k_offs, v_offs, d_ok)
     rest = (offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale, softcap_log2)
 
+    lo, full_lo, full_hi, hi = _band_ranges(
+        m0, seqlen_k, diag_lo, diag_hi, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
     if HAS_BLOCK_MASK:
         qb = m0 // Q_BLOCK
         bm_off = off_b * stride_mb + off_h * stride_mh + qb * stride_mm
         idx_off = off_b * stride_ib + off_h * stride_ih + qb * stride_im
         tile_offs = (m0 % Q_BLOCK + rows)[:, None] * KV_BLOCK + offs_n[None, :]
         for j in range(0, tl.load(BM_full_num + bm_off)):
-            lo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
-            dq = _dq_loop(dq, *head, lo, tl.minimum(lo + KV_BLOCK, seqlen_k), *args, Q, *rest,
-                          BLOCK_N, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
-        for j in range(0, tl.load(BM_num + bm_off)):
-            lo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
-            tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK)
-            dq = _dq_loop(dq, *head, lo, tl.minimum(lo + KV_BLOCK, seqlen_k), *args,
-                          BM_tiles + tile + tile_offs, *rest, BLOCK_N, EVEN_D, True, True,
+            blo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
+            s0, u0, u1, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
+            dq = _dq_loop(dq, *head, s0, u0, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
                           HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            dq = _dq_loop(dq, *head, u0, u1, *args, Q, *rest, BLOCK_N, EVEN_D, False, False,
+                          HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            dq = _dq_loop(dq, *head, u1, e0, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
+                          HAS_LEFT, HAS_RIGHT, SOFTCAP)
+        for j in range(0, tl.load(BM_num + bm_off)):
+            blo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
+            s0, _, _, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
+            tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
+                + (s0 - blo)
+            dq = _dq_loop(dq, *head, s0, e0, *args, BM_tiles + tile + tile_offs, *rest,
+                          BLOCK_N, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
     else:
-        lo, full_lo, full_hi, hi = _band_ranges(
-            m0, seqlen_k, diag_lo, diag_hi, BLOCK_M, BLOCK_N, HAS_LEFT, HAS_RIGHT)
         dq = _dq_loop(dq, *head, lo, full_lo, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
                       HAS_LEFT, HAS_RIGHT, SOFTCAP)
         dq = _dq_loop(dq, *head, full_lo, full_hi, *args, Q, *rest, BLOCK_N, EVEN_D, False,
