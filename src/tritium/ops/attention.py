@@ -169,7 +169,8 @@ def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap, bott
          block_mask, return_lse):
     left, right = window
     mask = [getattr(block_mask, f) for f in _MASK_FIELDS] if block_mask is not None else []
-    blocks = (block_mask.q_block_size, block_mask.kv_block_size) if block_mask else (0, 0)
+    blocks = (block_mask.q_block_size, block_mask.kv_block_size) if block_mask is not None \
+        else (0, 0)
     out, lse = _fwd_op(q, k, v, cu_q, cu_k, max_q, max_k, check_scale(scale), causal, left,
                        right, float(softcap), bottom_right, mask, *blocks)
     return (out, lse) if return_lse else out
