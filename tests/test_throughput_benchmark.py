@@ -201,6 +201,11 @@ def test_script_smoke_writes_full_json(tmp_path):
     assert res["hf"]["extra"]["generated_tokens"] == 4 * max(expected.output_lens)
     assert rep["speedup_vs"]["hf"] == pytest.approx(
         res["tritium"]["output_tokens_per_s"] / res["hf"]["output_tokens_per_s"])
+    for name in ("tritium", "hf"):
+        assert res[name]["cpu_time_s"] > 0
+    assert rep["speedup_per_cpu_second_vs"]["hf"] == pytest.approx(
+        (res["tritium"]["output_tokens"] / res["tritium"]["cpu_time_s"])
+        / (res["hf"]["output_tokens"] / res["hf"]["cpu_time_s"]))
     if env_["vllm"] is None:
         assert res["vllm"]["extra"]["status"].startswith("not available")
 

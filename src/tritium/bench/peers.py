@@ -195,13 +195,14 @@ def run_hf(hf: torch.nn.Module, wl: Workload, warmup: Workload | None,
     if args.device == "cuda":
         torch.cuda.synchronize()
     load_before = loadavg_1min()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     generated = _hf_batches(hf, wl, args.hf_batch_size, args.temperature, args.device)
     if args.device == "cuda":
         torch.cuda.synchronize()
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     return EngineResult(
         "hf", len(wl.prompts), wl.num_input_tokens, wl.num_output_tokens, elapsed,
+        cpu_time_s=cpu,
         extra={"generated_tokens": generated, "batch_size": args.hf_batch_size,
                "attn_implementation": args.hf_attn_implementation,
                "loadavg_1min_before_after": [load_before, loadavg_1min()],

@@ -16,7 +16,9 @@ tritium's ``LLM.generate`` runs them, then the peers run the *same* requests in 
 Metrics: elapsed = wall time of the whole generate call(s), after a warm-up; output tok/s =
 output tokens / elapsed; total tok/s = (input + output tokens) / elapsed. tritium's TTFT is from
 submission (all requests arrive at t=0, so it includes queueing); TPOT = (last - first token
-time) / (output tokens - 1) per request; both are means over requests. ``model TFLOP/s`` counts
+time) / (output tokens - 1) per request; both are means over requests. ``CPU s`` is the
+process CPU time of the timed run (all threads): on a shared CPU, output tokens per CPU-second
+with ``--threads 1`` is far less sensitive to other jobs than wall time. ``model TFLOP/s`` counts
 2 x parameters (embedding excluded) per processed token: a floor on the work, attention excluded.
 
 Defaults: on CUDA, ``random:llama3-8b`` in bf16 with 256 requests, input and output 100-1024
@@ -83,6 +85,7 @@ class EngineResult:
     elapsed_s: float
     mean_ttft_s: float | None = None
     mean_tpot_s: float | None = None
+    cpu_time_s: float | None = None  # process CPU time (all threads) of the timed run
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,10 +147,10 @@ def run_tritium(llm: Any, wl: Workload, warmup: Workload | None, args: argparse.
         _tritium_generate(llm, warmup, args.temperature, args.seed + 1)
     _sync(args.device)
     load_before = loadavg_1min()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     outs = _tritium_generate(llm, wl, args.temperature, args.seed)
     _sync(args.device)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     produced = [len(o.outputs[0].token_ids) for o in outs]
     if produced != wl.output_lens:
         raise RuntimeError("tritium produced other output lengths than requested "
@@ -158,7 +161,7 @@ def run_tritium(llm: Any, wl: Workload, warmup: Workload | None, args: argparse.
     return EngineResult(
         "tritium", len(outs), wl.num_input_tokens, sum(produced), elapsed,
         mean_ttft_s=sum(ttfts) / len(ttfts) if ttfts else None,
-        mean_tpot_s=sum(tpots) / len(tpots) if tpots else None,
+        mean_tpot_s=sum(tpots) / len(tpots) if tpots else None, cpu_time_s=cpu,
         extra={"num_kv_blocks": stats.get("num_kv_blocks"),
                "num_preemptions": sum(o.metrics.num_preemptions for o in outs),
                "loadavg_1min_before_after": [load_before, loadavg_1min()]},
@@ -224,6 +227,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for r in results[1:]:
         if r.ran:
             report.setdefault("speedup_vs", {})[r.engine] = base.output_tps / r.output_tps
+        if r.ran and r.cpu_time_s and base.cpu_time_s:  # output tokens per CPU-second
+            report.setdefault("speedup_per_cpu_second_vs", {})[r.engine] = (
+                (base.output_tokens / base.cpu_time_s) / (r.output_tokens / r.cpu_time_s))
     return report
 
 
@@ -251,7 +257,7 @@ def _ms(x: float | None) -> str:
 def format_table(report: dict[str, Any]) -> str:
     """The results as a fixed-width table plus the speed-up lines."""
     head = (f"{'engine':<10} {'reqs':>5} {'in tok':>8} {'out tok':>8} {'elapsed s':>10} "
-            f"{'out tok/s':>10} {'total tok/s':>12} {'TTFT ms':>9} {'TPOT ms':>8}")
+            f"{'out tok/s':>10} {'total tok/s':>12} {'TTFT ms':>9} {'TPOT ms':>8} {'CPU s':>8}")
     lines = [head, "-" * len(head)]
     for r in report["results"]:
         if r["output_tokens_per_s"] is None:
@@ -261,9 +267,11 @@ def format_table(report: dict[str, Any]) -> str:
             f"{r['engine']:<10} {r['num_requests']:>5} {r['input_tokens']:>8} "
             f"{r['output_tokens']:>8} {r['elapsed_s']:>10.2f} {r['output_tokens_per_s']:>10.1f} "
             f"{r['total_tokens_per_s']:>12.1f} {_ms(r['mean_ttft_s']):>9} "
-            f"{_ms(r['mean_tpot_s']):>8}")
+            f"{_ms(r['mean_tpot_s']):>8} {r['cpu_time_s'] or 0:>8.1f}")
     for name, x in report.get("speedup_vs", {}).items():
         lines.append(f"tritium / {name} output tok/s: {x:.2f}x")
+    for name, x in report.get("speedup_per_cpu_second_vs", {}).items():
+        lines.append(f"tritium / {name} output tokens per CPU-second: {x:.2f}x")
     env = report["environment"]
     lines.append(f"device: {env['device_name']}, torch threads {env['torch_threads']}, "
                  f"model {report['config']['model'] or 'embedded SmolLM2-135M'}, "
