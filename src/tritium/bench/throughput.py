@@ -179,6 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     resolve_args(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    env = peers.environment(args.device)  # date and load average at the start
     t0 = time.perf_counter()
     llm = _build_llm(args)
     load_s = time.perf_counter() - t0
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "throughput",
         "config": {k: v for k, v in vars(args).items() if k != "func"},
         "model_config": mc.to_dict(),
-        "environment": dict(peers.environment(args.device), dtype=args.resolved_dtype),
+        "environment": dict(env, dtype=args.resolved_dtype),
         "workload": {"num_requests": len(wl.prompts), "input_tokens": wl.num_input_tokens,
                      "output_tokens": wl.num_output_tokens},
         "results": [r.to_dict() for r in results],
@@ -272,6 +273,10 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"tritium / {name} output tok/s: {x:.2f}x")
     for name, x in report.get("speedup_per_cpu_second_vs", {}).items():
         lines.append(f"tritium / {name} output tokens per CPU-second: {x:.2f}x")
+    tf = [f"{r['engine']} {r['extra']['model_tflops']:.3g}" for r in report["results"]
+          if "model_tflops" in r["extra"]]
+    lines.append("model TFLOP/s (2 x non-embedding params per token, attention excluded): "
+                 + ", ".join(tf))
     env = report["environment"]
     lines.append(f"device: {env['device_name']}, torch threads {env['torch_threads']}, "
                  f"model {report['config']['model'] or 'embedded SmolLM2-135M'}, "
