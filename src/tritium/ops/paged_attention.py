@@ -113,6 +113,11 @@ def write_kv_cache_reference(
     v_cache.view(nb * bs, *v_cache.shape[2:])[slots] = _to_cache(v[keep], v_cache.dtype, vs)
 
 
+# Above this many padded scores (N x Hq x max_q x max_k) the reference loops over sequences
+# instead of padding the batch: 2**25 fp32 scores = 128 MiB.
+_MAX_PADDED_SCORES = 1 << 25
+
+
 def paged_attention_reference(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
     softmax_scale: float | None = None, *, k_scale: float | None = None,
@@ -124,7 +129,51 @@ def paged_attention_reference(
     fp8 caches), then contiguous causal attention aligned bottom-right: new token r of n sits
     at position L - n + r and sees keys j <= L - n + r (and j > pos - sliding_window).
     fp32 math; returns (T, Hq, D) in q.dtype.
+
+    Small batches (decode, short prefills: the CPU engine's steady state) are padded to
+    (N, max_q, max_k) and computed in a few batched ops; large ones loop over sequences.
     """
+    N, Hq = meta.num_seqs, q.shape[1]
+    if N == 0 or N * Hq * meta.max_seqlen_q * meta.max_seqlen_k > _MAX_PADDED_SCORES:
+        return _paged_attention_loop(q, k_cache, v_cache, meta, softmax_scale, k_scale, v_scale,
+                                     sliding_window)
+    return _paged_attention_padded(q, k_cache, v_cache, meta, softmax_scale, k_scale, v_scale,
+                                   sliding_window)
+
+
+def _paged_attention_padded(q, k_cache, v_cache, meta, softmax_scale, k_scale, v_scale,
+                            sliding_window) -> torch.Tensor:
+    T, Hq, D = q.shape
+    N, Hk, bs = meta.num_seqs, k_cache.shape[2], k_cache.shape[1]
+    G, Qm, Lm = Hq // Hk, meta.max_seqlen_q, meta.max_seqlen_k
+    ks, vs = _scales(k_cache, k_scale, v_scale)
+    scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(D)
+    dev = q.device
+    lens = meta.seq_lens.long()
+    cu = meta.cu_seqlens_q.long()
+    n_new = cu[1:] - cu[:-1]  # (N,)
+    t = torch.arange(Lm, device=dev)
+    blocks = meta.block_tables.long()[:, t // bs]  # (N, Lm); entries past a sequence: masked
+    past_end = (t[None, :] >= lens[:, None])[..., None, None]  # (N, Lm, 1, 1)
+    # zero what lies past each sequence: unwritten slots may hold anything (NaN included)
+    k = (k_cache[blocks, t % bs].float() * ks).masked_fill(past_end, 0.0)  # (N, Lm, Hk, D)
+    v = (v_cache[blocks, t % bs].float() * vs).masked_fill(past_end, 0.0)
+    r = torch.arange(Qm, device=dev)
+    rows = (cu[:-1, None] + r[None, :]).clamp(max=max(T - 1, 0))  # (N, Qm) packed row ids
+    valid = r[None, :] < n_new[:, None]  # (N, Qm)
+    qp = q.float()[rows].view(N, Qm, Hk, G, D).permute(0, 2, 3, 1, 4)  # (N, Hk, G, Qm, D)
+    s = qp @ k.permute(0, 2, 3, 1)[:, :, None] * scale  # (N, Hk, G, Qm, Lm)
+    qpos = (lens - n_new)[:, None] + r[None, :]  # (N, Qm): position of each new token
+    hidden = t[None, None, :] > qpos[:, :, None]  # (N, Qm, Lm); covers t >= L as qpos < L
+    if sliding_window is not None:
+        hidden = hidden | (t[None, None, :] <= qpos[:, :, None] - sliding_window)
+    p = torch.softmax(s.masked_fill(hidden[:, None, None], float("-inf")), dim=-1)
+    o = (p @ v.permute(0, 2, 1, 3)[:, :, None]).permute(0, 3, 1, 2, 4)  # (N, Qm, Hk, G, D)
+    return o.reshape(N, Qm, Hq, D)[valid].to(q.dtype)
+
+
+def _paged_attention_loop(q, k_cache, v_cache, meta, softmax_scale, k_scale, v_scale,
+                          sliding_window) -> torch.Tensor:
     T, Hq, D = q.shape
     Hk = k_cache.shape[2]
     bs = k_cache.shape[1]
