@@ -160,6 +160,24 @@ def test_no_tokenizer_rejects_text_and_stop_strings(tiny_llm):
     assert not tiny_llm.engine.has_unfinished_requests()
 
 
+def test_final_only_steps_return_each_request_once_when_finished(tiny_llm):
+    eng = tiny_llm.engine
+    greedy = dict(temperature=0, ignore_eos=True)
+    a = eng.add_request(None, [5, 6, 7], SamplingParams(max_tokens=2, **greedy))
+    b = eng.add_request(None, [8, 9], SamplingParams(max_tokens=5, **greedy))
+    seen = []
+    while eng.has_unfinished_requests():
+        outs = eng.step(final_only=True)
+        assert all(o.finished for o in outs)
+        seen.extend(outs)
+    assert [o.request_id for o in seen] == [a, b]
+    ref = tiny_llm.generate([[5, 6, 7], [8, 9]],
+                            [SamplingParams(max_tokens=2, **greedy),
+                             SamplingParams(max_tokens=5, **greedy)])
+    assert [o.outputs[0].token_ids for o in seen] == [o.outputs[0].token_ids for o in ref]
+    assert [len(o.outputs[0].token_ids) for o in seen] == [2, 5]
+
+
 # -- end to end ----------------------------------------------------------------------------
 
 def test_script_smoke_writes_full_json(tmp_path):

@@ -138,7 +138,7 @@ class LLM:
         with tqdm(total=len(request_ids), desc="generate", unit="req", disable=not use_tqdm,
                   file=sys.stderr) as bar:
             while self.engine.has_unfinished_requests():
-                for out in self.engine.step():
+                for out in self.engine.step(final_only=True):
                     if out.finished:
                         final[out.request_id] = out
                         bar.update(1)

@@ -143,8 +143,13 @@ class LLMEngine:
 
     # -- one step ----------------------------------------------------------------------------
 
-    def step(self) -> list[RequestOutput]:
-        """One scheduler + model step. Returns the requests that progressed or finished."""
+    def step(self, final_only: bool = False) -> list[RequestOutput]:
+        """One scheduler + model step. Returns the requests that progressed or finished.
+
+        ``final_only``: return only the requests that finished (offline ``LLM.generate``): no
+        per-step RequestOutput for running ones: each copies its token list and merges
+        metrics, ~3 ms of host time per step at 256 running requests).
+        """
         touched: dict[str, _Request] = {r.request_id: r for r in self._aborted}
         self._aborted = []
         out = self.scheduler.schedule()
@@ -161,6 +166,8 @@ class LLMEngine:
                 touched[req.request_id] = req
         outputs = []
         for req in touched.values():
+            if final_only and not all(s.is_finished for s in req.seqs):
+                continue
             outputs.append(self._output(req))
             if outputs[-1].finished:
                 self._release(req)
