@@ -146,9 +146,9 @@ class LLMEngine:
     def step(self, final_only: bool = False) -> list[RequestOutput]:
         """One scheduler + model step. Returns the requests that progressed or finished.
 
-        ``final_only``: return only the requests that finished (offline ``LLM.generate``): no
-        per-step RequestOutput for running ones: each copies its token list and merges
-        metrics, ~3 ms of host time per step at 256 running requests).
+        ``final_only``: return only the requests that finished (offline ``LLM.generate``).
+        Building a RequestOutput copies the token list and merges metrics: ~3 ms of host time
+        per step at 256 running requests, skipped for running requests.
         """
         touched: dict[str, _Request] = {r.request_id: r for r in self._aborted}
         self._aborted = []
