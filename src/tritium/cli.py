@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
+
+from tritium import argtypes
 
 EXIT_USER_ERROR = 2
 
@@ -30,49 +31,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR, f"{self.prog}: error: {message} (see --help)\n")
 
 
-# -- flag types: one clear message per bad value ------------------------------------------
-
-def _int_at_least_1(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def _temperature(text: str) -> float:
-    value = _float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
-def _top_p(text: str) -> float:
-    value = _float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
 # -- shared flag groups --------------------------------------------------------------------
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -84,19 +42,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="default: cuda when available, else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="default: float32 on cpu, bfloat16 on cuda")
-    p.add_argument("--threads", type=_int_at_least_1, default=None, metavar="N",
+    p.add_argument("--threads", type=argtypes.positive_int, default=None, metavar="N",
                    help="CPU threads for PyTorch (default: PyTorch's, one per core; on a busy "
                    "machine 1 is often much faster for small models)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser, *, temperature: float) -> None:
-    p.add_argument("--max-tokens", type=_int_at_least_1, default=256, metavar="N",
+    p.add_argument("--max-tokens", type=argtypes.positive_int, default=256, metavar="N",
                    help="most tokens to generate (default: 256)")
-    p.add_argument("--temperature", type=_temperature, default=temperature, metavar="T",
+    p.add_argument("--temperature", type=argtypes.temperature, default=temperature, metavar="T",
                    help=f"0 = greedy (default: {temperature})")
-    p.add_argument("--top-p", type=_top_p, default=1.0, metavar="P",
+    p.add_argument("--top-p", type=argtypes.top_p, default=1.0, metavar="P",
                    help="nucleus sampling mass in (0, 1] (default: 1.0)")
-    p.add_argument("--seed", type=_seed, default=None, metavar="S",
+    p.add_argument("--seed", type=argtypes.seed, default=None, metavar="S",
                    help="random seed for sampling (default: none)")
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from tritium.argtypes import positive_int
+
 PEERS = ("hf", "vllm")
 # (num_prompts, input range, output range, hf batch size) per device kind; --quick variants.
 _DEFAULTS = {
@@ -17,16 +19,6 @@ _QUICK = {
 }
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``tritium bench throughput`` (vLLM's names where the concept is the same)."""
     w = p.add_argument_group("workload")
@@ -34,12 +26,12 @@ def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
                    help="GGUF file, HF folder, or random:<preset> (llama3-8b, llama3-1b, "
                    "smollm2-135m, tiny); default: random:llama3-8b on cuda, the embedded "
                    "SmolLM2-135M on cpu")
-    w.add_argument("--num-prompts", type=_positive_int, default=None, metavar="N",
+    w.add_argument("--num-prompts", type=positive_int, default=None, metavar="N",
                    help="requests (default: 256 on cuda, 24 on cpu)")
-    w.add_argument("--input-len-range", type=_positive_int, nargs=2, default=None,
+    w.add_argument("--input-len-range", type=positive_int, nargs=2, default=None,
                    metavar=("LO", "HI"),
                    help="prompt lengths, uniform inclusive (default: 100 1024 cuda, 32 256 cpu)")
-    w.add_argument("--output-len-range", type=_positive_int, nargs=2, default=None,
+    w.add_argument("--output-len-range", type=positive_int, nargs=2, default=None,
                    metavar=("LO", "HI"),
                    help="output lengths, uniform inclusive (default: 100 1024 cuda, 16 96 cpu)")
     w.add_argument("--seed", type=int, default=0, help="workload and engine seed (default: 0)")
@@ -57,12 +49,12 @@ def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: cuda when available")
     e.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                    help="auto = bfloat16 on cuda, float32 on cpu")
-    e.add_argument("--max-num-seqs", type=_positive_int, default=256)
-    e.add_argument("--max-num-batched-tokens", type=_positive_int, default=8192)
-    e.add_argument("--max-model-len", type=_positive_int, default=None,
+    e.add_argument("--max-num-seqs", type=positive_int, default=256)
+    e.add_argument("--max-num-batched-tokens", type=positive_int, default=8192)
+    e.add_argument("--max-model-len", type=positive_int, default=None,
                    help="default: longest input + longest output of the workload")
-    e.add_argument("--block-size", type=_positive_int, default=16)
-    e.add_argument("--num-kv-blocks", type=_positive_int, default=None)
+    e.add_argument("--block-size", type=positive_int, default=16)
+    e.add_argument("--num-kv-blocks", type=positive_int, default=None)
     e.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     e.add_argument("--cpu-kv-cache-gb", type=float, default=1.0)
     e.add_argument("--kv-cache-dtype", default="auto")
@@ -70,13 +62,13 @@ def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
                    action="store_false", help="random prompts share no prefixes anyway")
     e.add_argument("--detokenize", action="store_true",
                    help="detokenize outputs (off by default: the peers do not decode either)")
-    e.add_argument("--threads", type=_positive_int, default=None,
+    e.add_argument("--threads", type=positive_int, default=None,
                    help="torch.set_num_threads for every engine (default: torch's choice)")
     r = p.add_argument_group("peers and output")
     r.add_argument("--peers", default="hf,vllm",
                    help="comma list of hf, vllm, or none (default: hf,vllm; vllm is reported "
                    "'not available' where it cannot be imported)")
-    r.add_argument("--hf-batch-size", type=_positive_int, default=None,
+    r.add_argument("--hf-batch-size", type=positive_int, default=None,
                    help="requests per HF generate batch (default: 64 on cuda, all on cpu)")
     r.add_argument("--hf-attn-implementation", default="sdpa",
                    help="HF attention backend (default: sdpa)")
