@@ -275,15 +275,13 @@ def _check_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         raise ValueError(f"sliding_window must be a positive int or None, got {sliding_window!r}")
 
 
-def write_kv_cache(
-    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor, *, k_scale: float | None = None, v_scale: float | None = None,
-) -> None:
-    """Write k/v (T, Hk, D) into the paged caches at ``slot_mapping`` (T,), in place."""
-    _check_heads("k", k)
-    _check_heads("v", v)
+def check_kv_write(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> None:
+    """What every K/V cache write needs: k and v alike, caches that fit them, one slot a row."""
     if k.shape != v.shape:
         raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must have the same shape")
+    if v.dtype != k.dtype or v.device != k.device:
+        raise TypeError(f"v ({v.dtype}, {v.device}) must match k ({k.dtype}, {k.device})")
     _check_caches(k_cache, v_cache, k.dtype, k.device)
     if tuple(k_cache.shape[2:]) != tuple(k.shape[1:]):
         raise ValueError(f"k (T, Hk, D) = {tuple(k.shape)} does not fit cache "
@@ -291,6 +289,16 @@ def write_kv_cache(
     _check_index("slot_mapping", slot_mapping, 1, k.device)
     if slot_mapping.shape[0] != k.shape[0]:
         raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} slots for {k.shape[0]} tokens")
+
+
+def write_kv_cache(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor, *, k_scale: float | None = None, v_scale: float | None = None,
+) -> None:
+    """Write k/v (T, Hk, D) into the paged caches at ``slot_mapping`` (T,), in place."""
+    _check_heads("k", k)
+    _check_heads("v", v)
+    check_kv_write(k, v, k_cache, v_cache, slot_mapping)
     ks, vs = _scales(k_cache, k_scale, v_scale)
     if not use_triton(k):
         write_kv_cache_reference(k, v, k_cache, v_cache, slot_mapping, ks, vs)

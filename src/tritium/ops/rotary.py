@@ -15,9 +15,8 @@ import torch
 
 from tritium.ops._dispatch import use_triton
 from tritium.ops.paged_attention import (
-    _check_caches,
-    _check_index,
     _scales,
+    check_kv_write,
     write_kv_cache_reference,
 )
 
@@ -157,15 +156,7 @@ def rope_and_write_kv(
     if q.dim() != 3 or v.shape != k.shape:
         raise ValueError(f"rope_and_write_kv takes packed q (T, Hq, D), k = v (T, Hk, D); got "
                          f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if v.dtype != k.dtype or v.device != k.device:
-        raise TypeError(f"v ({v.dtype}, {v.device}) must match k ({k.dtype}, {k.device})")
-    _check_caches(k_cache, v_cache, k.dtype, k.device)
-    if tuple(k_cache.shape[2:]) != tuple(k.shape[1:]):
-        raise ValueError(f"k (T, Hk, D) = {tuple(k.shape)} does not fit cache "
-                         f"{tuple(k_cache.shape)}")
-    _check_index("slot_mapping", slot_mapping, 1, k.device)
-    if slot_mapping.shape[0] != k.shape[0]:
-        raise ValueError(f"slot_mapping has {slot_mapping.shape[0]} slots for {k.shape[0]} tokens")
+    check_kv_write(k, v, k_cache, v_cache, slot_mapping)
     ks, vs = _scales(k_cache, k_scale, v_scale)
     if not use_triton(q) or _needs_grad(q, k, v):
         return rope_and_write_kv_reference(q, k, v, positions, cos_sin_cache, k_cache, v_cache,
