@@ -104,7 +104,9 @@ class EngineConfig:
 
     Attributes:
         model: checkpoint path (HF directory or .gguf file); None = the embedded SmolLM2-135M.
-        tokenizer: tokenizer path; None = the model's.
+        tokenizer: tokenizer folder (``AutoTokenizer.from_pretrained``) or .gguf file that
+            replaces the model's own (vLLM's ``--tokenizer``); None = the model's. Gives
+            ``random:<preset>`` models a tokenizer (their vocabulary is sized to it).
         dtype: weight and activation dtype; "auto" = the checkpoint's (float32 on CPU).
         device: "cuda", "cpu", ...; None = CUDA when available.
         seed: seed of the engine's own randomness (unseeded requests still draw fresh seeds).
@@ -130,6 +132,9 @@ class EngineConfig:
             raise ValueError(f"dtype must be one of {MODEL_DTYPES}, got {self.dtype!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise TypeError(f"seed must be an int, got {self.seed!r}")
+        if self.tokenizer is not None and (not isinstance(self.tokenizer, str)
+                                           or not self.tokenizer):
+            raise TypeError(f"tokenizer must be a non-empty path or None, got {self.tokenizer!r}")
         if not isinstance(self.skip_tokenizer_init, bool):
             raise TypeError(
                 f"skip_tokenizer_init must be a bool, got {self.skip_tokenizer_init!r}"

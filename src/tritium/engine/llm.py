@@ -27,6 +27,8 @@ class LLM:
 
     Args:
         model: a .gguf file or Hugging Face model folder; None = the embedded SmolLM2-135M.
+        tokenizer: a tokenizer folder or .gguf file replacing the model's own (vLLM's name);
+            gives a "random:<preset>" model text prompts, chat and detokenization.
         dtype: "auto" (float32 on CPU, bfloat16 on CUDA), "float32", "bfloat16", "float16".
         device: "cpu", "cuda", ...; None = CUDA when available.
         block_size, num_kv_blocks, gpu_memory_utilization, enable_prefix_caching,
@@ -41,6 +43,7 @@ class LLM:
         self,
         model: str | None = None,
         *,
+        tokenizer: str | None = None,
         dtype: str = "auto",
         device: str | None = None,
         seed: int = 0,
@@ -56,7 +59,7 @@ class LLM:
         skip_tokenizer_init: bool = False,
     ) -> None:
         config = EngineConfig(
-            model=model, dtype=dtype, device=device, seed=seed,
+            model=model, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed,
             skip_tokenizer_init=skip_tokenizer_init,
             scheduler=SchedulerConfig(
                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,

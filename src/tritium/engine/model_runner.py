@@ -66,7 +66,7 @@ class ModelRunner:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model, self.tokenizer, self.model_config = load_model(
-            config.model, device=self.device, dtype=self.dtype
+            config.model, device=self.device, dtype=self.dtype, tokenizer=config.tokenizer
         )
         self.model.eval()
         self.sampler = Sampler()

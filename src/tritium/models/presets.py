@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import torch
 
@@ -116,17 +117,45 @@ def num_parameters(config: ModelConfig) -> int:
 
 
 def load_random_model(
-    path: str, *, device: torch.device, dtype: torch.dtype, seed: int = 0, std: float = 0.02
-) -> tuple[torch.nn.Module, None, ModelConfig]:
-    """``"random:<preset>"`` -> (model, None, config); see :func:`build_random_model`.
+    path: str, *, device: torch.device, dtype: torch.dtype, seed: int = 0, std: float = 0.02,
+    tokenizer: Any = None,
+) -> tuple[torch.nn.Module, Any, ModelConfig]:
+    """``"random:<preset>"`` -> (model, tokenizer, config); see :func:`build_random_model`.
 
-    There is no tokenizer: prompts must be token ids (the engine then skips detokenization).
+    Without ``tokenizer`` there is none: prompts must be token ids (the engine then skips
+    detokenization). With one (``--tokenizer``), the preset is first fitted to it
+    (:func:`fit_to_tokenizer`), so that text prompts, chat templates and detokenization work.
     """
     name, config = preset_from_path(path)
+    if tokenizer is not None:
+        config = fit_to_tokenizer(config, tokenizer, name)
     model = build_random_model(config, device=device, dtype=dtype, seed=seed, std=std)
-    logger.info("random %s: %.2fB parameters on %s in %s (seed %d)",
-                name, num_parameters(config) / 1e9, device, dtype, seed)
-    return model, None, config
+    logger.info("random %s: %s parameters on %s in %s (seed %d)",
+                name, _count(num_parameters(config)), device, dtype, seed)
+    return model, tokenizer, config
+
+
+def fit_to_tokenizer(config: ModelConfig, tokenizer: Any, name: str = "preset") -> ModelConfig:
+    """The preset's shape with the tokenizer's vocabulary and special tokens.
+
+    vocab_size becomes ``len(tokenizer)`` (added tokens included), so every id the random model
+    can sample decodes to text; BOS/EOS become the tokenizer's (a preset's own ids may lie
+    outside the new vocabulary). Only the embedding and LM-head rows change: for llama3-8b with
+    SmolLM2's 49152-token tokenizer, 8.03B -> 7.38B parameters (-8%, all in those two matrices;
+    the 32 layers, hence attention and MLP FLOPs per token, are unchanged).
+    """
+    vocab = len(tokenizer)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    fitted = dataclasses.replace(
+        config, vocab_size=vocab, bos_token_id=getattr(tokenizer, "bos_token_id", None),
+        eos_token_ids=[] if eos is None else [eos],
+        rope_scaling=_copy(config.rope_scaling),
+    )
+    if vocab != config.vocab_size:
+        logger.info("random %s: vocab_size %d -> %d to match the tokenizer (%s -> %s "
+                    "parameters)", name, config.vocab_size, vocab,
+                    _count(num_parameters(config)), _count(num_parameters(fitted)))
+    return fitted
 
 
 def build_random_model(
@@ -163,3 +192,7 @@ def build_random_model(
 
 def _copy(d: dict | None) -> dict | None:
     return None if d is None else dict(d)
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"

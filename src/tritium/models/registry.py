@@ -81,28 +81,49 @@ def load_model(
     *,
     device: str | torch.device | None = "cpu",
     dtype: str | torch.dtype | None = None,
+    tokenizer: str | None = None,
 ) -> tuple[torch.nn.Module, Any, Any]:
     """Load a checkpoint (GGUF file or HF folder; None = the embedded SmolLM2-135M-Instruct)
     and build its model in eval mode on ``device`` in ``dtype``.
 
     ``path = "random:<preset>"`` (models/presets.py, e.g. "random:llama3-8b") builds that shape
-    with random weights initialised on ``device`` and returns tokenizer None (benchmarks).
+    with random weights initialised on ``device``; its tokenizer is None unless ``tokenizer``
+    is given, in which case the preset's vocabulary is sized to it (presets.fit_to_tokenizer).
 
-    Returns (model, tokenizer, config). Raises ``ModelLoadError`` for bad checkpoints and
-    ``ValueError`` for a bad device/dtype.
+    ``tokenizer``: a tokenizer folder or .gguf file that replaces the checkpoint's own
+    (vLLM's ``--tokenizer``; see tokenizer_cache.load_tokenizer). It may be smaller than the
+    model's vocabulary (padded embeddings), not larger: ids the model cannot embed would reach it.
+
+    Returns (model, tokenizer, config). Raises ``ModelLoadError`` for bad checkpoints or
+    tokenizers and ``ValueError`` for a bad device/dtype.
     """
     from tritium.models.loader import load_checkpoint
     from tritium.models.presets import is_random_model, load_random_model
+    from tritium.models.tokenizer_cache import load_tokenizer
 
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    tok = None if tokenizer is None else load_tokenizer(tokenizer)
     if is_random_model(path):
-        return load_random_model(path, device=dev, dtype=dt)
-    ckpt = load_checkpoint(path)
+        return load_random_model(path, device=dev, dtype=dt, tokenizer=tok)
+    ckpt = load_checkpoint(path, tokenizer=tok is None)
+    if tok is not None:
+        check_tokenizer_fits(tok, ckpt.config.vocab_size, tokenizer, ckpt.path)
     model = build_model(ckpt.config, ckpt.state_dict, device=dev, dtype=dt)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("loaded %s: %.1fM parameters on %s in %s", ckpt.path, n_params / 1e6, dev, dt)
-    return model, ckpt.tokenizer, ckpt.config
+    return model, ckpt.tokenizer if tok is None else tok, ckpt.config
+
+
+def check_tokenizer_fits(tokenizer: Any, vocab_size: int, tokenizer_path: str,
+                         model_path: str) -> None:
+    """ModelLoadError when the tokenizer has more tokens than the model has embedding rows."""
+    if len(tokenizer) > vocab_size:
+        raise ModelLoadError(
+            f"tokenizer {tokenizer_path} has {len(tokenizer)} tokens but the model {model_path} "
+            f"has a vocabulary of {vocab_size}: ids past {vocab_size - 1} could not be embedded "
+            "(use the model's own tokenizer or one of the same family)"
+        )
 
 
 def build_model(

@@ -84,6 +84,43 @@ def load_folder_tokenizer(folder: str) -> Any:
         raise ModelLoadError(f"cannot load a tokenizer from {folder} ({brief(e)})") from e
 
 
+def load_tokenizer(path: str) -> Any:
+    """A tokenizer chosen apart from the model (``--tokenizer PATH``, vLLM's option).
+
+    ``path`` is a folder that ``AutoTokenizer.from_pretrained`` reads (an HF model folder, or an
+    entry of this cache), or a .gguf file whose embedded tokenizer is converted (and cached).
+    Raises ModelLoadError naming ``path`` when it is missing or holds no usable tokenizer.
+    """
+    if not isinstance(path, str) or not path:
+        raise ModelLoadError(f"tokenizer must be a non-empty path, got {path!r}")
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return load_folder_tokenizer(str(p))
+    if p.is_file() and p.suffix == ".gguf":
+        return load_gguf_tokenizer(str(p))
+    if p.exists():
+        raise ModelLoadError(f"tokenizer path {path} is neither a folder nor a .gguf file")
+    raise ModelLoadError(f"tokenizer path {path} does not exist")
+
+
+def embedded_tokenizer_dir() -> Path:
+    """The cache folder holding the embedded SmolLM2 GGUF's tokenizer, converted first if absent.
+
+    A plain HF tokenizer folder (tokenizer.json, tokenizer_config.json, chat_template.jinja;
+    ~3.5 MB): copy it to where a model without a tokenizer (``random:<preset>``) is served and
+    pass it as ``--tokenizer``.
+    """
+    from tritium.models.loader import default_model_path
+
+    gguf = default_model_path()
+    target = gguf_tokenizer_cache_path(gguf)
+    if not target.is_dir():
+        load_gguf_tokenizer(gguf)
+    if not target.is_dir():
+        raise ModelLoadError(f"could not write the tokenizer cache at {target}")
+    return target
+
+
 def brief(e: BaseException, limit: int = 200) -> str:
     """An exception's message on one line, shortened: for the one-line ModelLoadError."""
     text = " ".join(str(e).split()) or type(e).__name__
