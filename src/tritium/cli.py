@@ -34,10 +34,14 @@ class _Parser(argparse.ArgumentParser):
 # -- shared flag groups --------------------------------------------------------------------
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """--model / --device / --dtype, shared by every command that loads a model."""
+    """--model / --tokenizer / --device / --dtype, shared by every command that loads a model."""
     p.add_argument("--model", default=None, metavar="PATH",
-                   help="GGUF file or Hugging Face folder "
-                   "(default: the embedded SmolLM2-135M-Instruct)")
+                   help="GGUF file, Hugging Face folder, or random:<preset> (random weights: "
+                   "llama3-8b, llama3-1b, smollm2-135m, tiny; default: the embedded "
+                   "SmolLM2-135M-Instruct)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer folder (as AutoTokenizer.from_pretrained reads) or .gguf "
+                   "file replacing the model's own; needed by random:<preset> models")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -72,14 +76,19 @@ def load_for_cli(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
     from tritium.engine.config import CacheConfig, EngineConfig, SchedulerConfig
     from tritium.engine.llm_engine import LLMEngine
+    from tritium.models.presets import is_random_model
 
     if args.device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was given but CUDA is not available on this machine")
+    if is_random_model(args.model) and args.tokenizer is None:
+        raise UserError(f"{args.model} has random weights and no tokenizer: pass --tokenizer "
+                        "PATH (a tokenizer folder or .gguf file)")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     config = EngineConfig(
-        model=args.model, device=args.device, dtype=args.dtype or "auto",
+        model=args.model, tokenizer=args.tokenizer, device=args.device,
+        dtype=args.dtype or "auto",
         # one interactive request: a small batch, and a CPU cache of one full context
         scheduler=SchedulerConfig(max_num_seqs=4, max_num_batched_tokens=2048),
         cache=CacheConfig(cpu_kv_cache_gb=0.5),

@@ -121,7 +121,7 @@ def _build_llm(args: argparse.Namespace) -> Any:
     from tritium import LLM
 
     return LLM(
-        args.model, dtype=args.dtype, device=args.device, seed=args.seed,
+        args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device, seed=args.seed,
         block_size=args.block_size, num_kv_blocks=args.num_kv_blocks,
         gpu_memory_utilization=args.gpu_memory_utilization,
         enable_prefix_caching=args.enable_prefix_caching, kv_cache_dtype=args.kv_cache_dtype,

@@ -26,6 +26,10 @@ def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
                    help="GGUF file, HF folder, or random:<preset> (llama3-8b, llama3-1b, "
                    "smollm2-135m, tiny); default: random:llama3-8b on cuda, the embedded "
                    "SmolLM2-135M on cpu")
+    w.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer folder or .gguf replacing the model's own; a "
+                   "random:<preset> model gets the tokenizer's vocabulary size (outputs are "
+                   "detokenized only with --detokenize)")
     w.add_argument("--num-prompts", type=positive_int, default=None, metavar="N",
                    help="requests (default: 256 on cuda, 24 on cpu)")
     w.add_argument("--input-len-range", type=positive_int, nargs=2, default=None,

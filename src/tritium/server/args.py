@@ -19,7 +19,12 @@ DEFAULT_MAX_WAITING = 512
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``tritium serve`` (vLLM's names where the concept is the same)."""
     p.add_argument("--model", default=None, metavar="PATH",
-                   help="GGUF file or Hugging Face folder (default: the embedded SmolLM2-135M)")
+                   help="GGUF file, Hugging Face folder, or random:<preset> (random weights: "
+                   "llama3-8b, llama3-1b, smollm2-135m, tiny; default: the embedded "
+                   "SmolLM2-135M)")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer folder (as AutoTokenizer.from_pretrained reads) or .gguf "
+                   "file replacing the model's own; required for random:<preset> models")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=os.environ.get("TRITIUM_API_KEY"), metavar="KEY",
@@ -58,7 +63,8 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
     from tritium.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 
     return EngineConfig(
-        model=args.model, dtype=args.dtype, device=args.device, seed=args.seed,
+        model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
+        seed=args.seed,
         served_model_name=args.served_model_name,
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens,
@@ -80,6 +86,14 @@ def served_name(model_path: str | None, override: str | None = None) -> str:
     return base[: -len(".gguf")] if base.endswith(".gguf") else base
 
 
+def check_has_tokenizer(model: str | None, tokenizer: str | None) -> None:
+    """The server tokenizes text and renders chat templates: a random:<preset> model (no
+    tokenizer of its own) needs ``--tokenizer``. Checked before the model loads."""
+    if tokenizer is None and isinstance(model, str) and model.startswith("random:"):
+        raise ValueError(f"--model {model} has random weights and no tokenizer, which the "
+                         "server needs: pass --tokenizer PATH (a tokenizer folder or .gguf file)")
+
+
 def run_serve(args: argparse.Namespace) -> int:
     """``tritium serve``: load the engine, then serve until interrupted."""
     from tritium.engine.async_engine import AsyncLLMEngine
@@ -97,9 +111,12 @@ def run_serve(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)  # global: the engine thread uses it too
+    check_has_tokenizer(args.model, args.tokenizer)
     config = engine_config_from_args(args)
-    engine = AsyncLLMEngine(LLMEngine.from_config(config),
-                            max_waiting_requests=args.max_waiting_requests)
+    llm_engine = LLMEngine.from_config(config)
+    if llm_engine.tokenizer is None:  # e.g. a model class that loads none; the server needs one
+        raise ValueError(f"{args.model} came without a tokenizer: pass --tokenizer PATH")
+    engine = AsyncLLMEngine(llm_engine, max_waiting_requests=args.max_waiting_requests)
     app = build_app(engine, model_name=served_name(args.model, args.served_model_name),
                     model_root=args.model, api_key=args.api_key or None,
                     max_request_bytes=args.max_request_bytes)
