@@ -184,3 +184,75 @@ def test_fp8_cache():
         rel = ((out8.double() - ref16).norm() / ref16.norm()).item()
         # e4m3 keeps 3 mantissa bits (relative step 2^-4): expect a few percent, not more
         assert 1e-3 < rel < 0.06, rel
+
+
+# -- mixed steps and CUDA-graph-shaped decode batches -------------------------------------------
+@pytest.mark.parametrize("page", [1, 16])
+@pytest.mark.parametrize("heads", [(9, 3), (4, 1)])
+def test_mixed_batch_decode_rows_take_the_decode_kernel(page, heads, monkeypatch):
+    """One-token sequences first (decode kernel), then prefill chunks (prefill kernel)."""
+    import tritium.kernels.paged_attention as kpa
+
+    calls = []
+    real_decode, real_prefill = kpa.paged_decode, kpa.paged_prefill
+    monkeypatch.setattr(kpa, "paged_decode",
+                        lambda q, *a, **k: calls.append(("decode", q.shape[0]))
+                        or real_decode(q, *a, **k))
+    monkeypatch.setattr(kpa, "paged_prefill",
+                        lambda q, kc, vc, bt, *a, **k: calls.append(("prefill", bt.shape[0]))
+                        or real_prefill(q, kc, vc, bt, *a, **k))
+    Hq, Hk = heads
+    # decodes of 1, 50 (odd, > 2 tiles) and 32 (full last page) keys; then a chunk over a cached
+    # prefix, a whole prompt, and a sequence with no new rows
+    lens, news = [1, 50, 32, 113, 17, 9], [1, 1, 1, 40, 17, 0]
+    q, kc, vc, meta, ks, vs = paged_case(lens, news, page, Hq, Hk, 32, torch.float16, seed=6)
+    meta = dataclasses.replace(meta, num_decode_tokens=3)
+    out = paged_attention(q, kc, vc, meta, num_splits=3)
+    assert calls == [("decode", 3), ("prefill", 3)]
+    _check(out, contiguous_attention(q, ks, vs, meta), TOL[torch.float16])
+
+
+def test_mixed_batch_fp32_matches_reference_and_pure_decode():
+    """A mixed step equals the reference, and its decode rows equal a decode-only step's."""
+    lens, news = [70, 5, 33, 20], [1, 1, 30, 2]
+    q, kc, vc, meta, ks, vs = paged_case(lens, news, 4, 6, 2, 16, torch.float32, seed=7)
+    mixed = dataclasses.replace(meta, num_decode_tokens=2)
+    out = paged_attention(q, kc, vc, mixed, sliding_window=25)
+    ref = paged_attention_reference(q, kc, vc, mixed, sliding_window=25)
+    _check(out, ref.double(), TOL[torch.float32])
+    _check(out, contiguous_attention(q, ks, vs, meta, window=25), TOL[torch.float32])
+    dec = AttentionMetadata(
+        slot_mapping=meta.slot_mapping[:2], block_tables=meta.block_tables[:2],
+        seq_lens=meta.seq_lens[:2], cu_seqlens_q=meta.cu_seqlens_q[:3], max_seqlen_q=1,
+        max_seqlen_k=70, decode_only=True)
+    assert torch.equal(paged_attention(q[:2], kc, vc, dec, sliding_window=25), out[:2])
+
+
+@pytest.mark.parametrize("page", [1, 16])
+def test_decode_fixed_splits_beyond_sequence_lengths(page):
+    """CUDA-graph decode: the split count comes from a bound (max_model_len), not the batch.
+
+    Splits past a sequence's end (all but one for the 1-token sequence) must exit empty and
+    weigh nothing in the merge; the result must not depend on the bound once the split count
+    is fixed (the kernel cuts each sequence by its own length).
+    """
+    from tritium.kernels.paged_attention import paged_decode
+
+    lens = [1, 17, 50, 3]
+    q, kc, vc, meta, ks, vs = paged_case(lens, [1] * 4, page, 9, 3, 32, torch.float16, seed=8)
+    oracle = contiguous_attention(q, ks, vs, meta)
+    scale = 1 / math.sqrt(32)
+    exact = paged_decode(q, kc, vc, meta.block_tables, meta.seq_lens, 50, scale, num_splits=8)
+    bound = paged_decode(q, kc, vc, meta.block_tables, meta.seq_lens, 4096, scale, num_splits=8)
+    _check(bound, oracle, TOL[torch.float16])
+    assert torch.equal(exact, bound)
+    # the automatic choice with a bound far above every length (>= 256 keys a split): one
+    # sequence on the interpreter's nominal 4 SMs gets 3 splits, 2 of them empty
+    assert choose_num_splits(1, 3, 4096, 4, 16) == 3
+    one = AttentionMetadata(
+        slot_mapping=meta.slot_mapping[2:3], block_tables=meta.block_tables[2:3],
+        seq_lens=meta.seq_lens[2:3], cu_seqlens_q=meta.cu_seqlens_q[:2], max_seqlen_q=1,
+        max_seqlen_k=4096, decode_only=True)
+    _check(paged_attention(q[2:3], kc, vc, one), oracle[2:3], TOL[torch.float16])
+    auto = paged_attention(q, kc, vc, dataclasses.replace(meta, max_seqlen_k=4096))
+    _check(auto, oracle, TOL[torch.float16])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -264,3 +265,30 @@ def test_padded_reference_equals_per_sequence_loop(trial):
     padded = pa._paged_attention_padded(q, kc, vc, meta, None, None, None, window)
     assert not padded.isnan().any()
     torch.testing.assert_close(padded, loop, atol=1e-5, rtol=1e-5)  # fp32, summation order
+
+
+def test_reference_takes_an_upper_bound_max_seqlen_k_and_mixed_metadata():
+    """CUDA-graph batches pass max_model_len as max_seqlen_k and mixed steps num_decode_tokens:
+    the reference result must not change (it pads further and masks)."""
+    lens, news = [1, 17, 50, 40], [1, 1, 1, 9]
+    q, kc, vc, meta, ks, vs = _case(lens, news, 16, 9, 3, 16, seed=4)
+    exact = paged_attention(q, kc, vc, meta, sliding_window=20)
+    mixed = dataclasses.replace(meta, max_seqlen_k=1000, num_decode_tokens=3)
+    assert mixed.num_decodes == 3 and meta.num_decodes == 0
+    torch.testing.assert_close(paged_attention(q, kc, vc, mixed, sliding_window=20), exact,
+                               atol=1e-6, rtol=1e-6)  # fp32, longer padded sums
+    cu = meta.cu_seqlens_q.tolist()
+    for i, n in enumerate(news):
+        ref = _dense(q[cu[i]:cu[i + 1]], ks[i], vs[i], n, 20)
+        torch.testing.assert_close(exact[cu[i]:cu[i + 1]].double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_num_decode_tokens_validation():
+    q, kc, vc, meta, _, _ = _case([5, 9, 7], [1, 1, 3], 4, 4, 2, 16)
+    for bad in (4, -1, 2.0):
+        with pytest.raises(ValueError, match="num_decode_tokens"):
+            paged_attention(q, kc, vc, dataclasses.replace(meta, num_decode_tokens=bad))
+    dq, dkc, dvc, dmeta, _, _ = _case([5, 9], [1, 1], 4, 4, 2, 16)
+    assert dmeta.decode_only and dmeta.num_decodes == 2
+    with pytest.raises(ValueError, match="num_decode_tokens"):
+        paged_attention(dq, dkc, dvc, dataclasses.replace(dmeta, num_decode_tokens=1))

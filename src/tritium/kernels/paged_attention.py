@@ -13,12 +13,17 @@ read once per sequence instead of G times. Its query tile stacks the group's row
 New token r of a sequence with L tokens in cache and n new ones sits at position L - n + r and
 sees keys j <= L - n + r (bottom-right causal), and, with a sliding window W, j > pos - W.
 
-Decode splits the key range into num_splits chunks (grid: sequence x KV head x split); each
-program writes its normalised partial output and base-2 log-sum-exp, and
-``_paged_decode_reduce_kernel`` merges them: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M).
-With one split the decode kernel writes the output directly (no second launch, no fp32 round
-trip). The split count is a runtime argument (only "split or not" is compiled in), so a
-serving engine whose split count follows the context length does not recompile.
+Decode splits each sequence's keys into at most num_splits chunks (grid: sequence x KV head x
+split). The chunk length is computed *in the kernel* from the sequence's own length:
+``split_len = max(min_split_len, round_up(cdiv(seq_len, num_splits), BLOCK_N))``, so a short
+sequence uses fewer splits and the rest exit empty. The grid therefore depends only on
+(batch, num_splits), never on the lengths: a CUDA graph captured once per batch size stays
+valid for any context (tritium.engine.cuda_graphs picks num_splits from max_model_len).
+Each program writes its normalised partial output and base-2 log-sum-exp, and
+``_paged_decode_reduce_kernel`` merges them: out = sum_s 2^(lse_s - M) o_s / sum_s 2^(lse_s - M);
+an empty split has lse = -inf and weighs 0. With one split the decode kernel writes the output
+directly (no second launch, no fp32 round trip). The split count is a runtime argument (only
+"split or not" is compiled in), so a changing split count does not recompile.
 
 fp8 caches (e4m3): K/V are stored divided by per-tensor scales k_scale / v_scale; k_scale is
 folded into the softmax scale and v_scale multiplies the output, so the inner loop only casts.
@@ -86,7 +91,7 @@ def _paged_decode_kernel(
     mid_out_ptr, mid_lse_ptr,
     stride_q_t, stride_q_h, stride_kc_b, stride_kc_s, stride_kc_h,
     stride_vc_b, stride_vc_s, stride_vc_h, stride_bt, stride_o_t, stride_o_h,
-    qk_scale, v_scale, window, split_len, num_splits,
+    qk_scale, v_scale, window, min_split_len, num_splits,
     GROUP: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr, PAGE: tl.constexpr, SPLIT: tl.constexpr,
     HAS_WINDOW: tl.constexpr, DOT_PRECISION: tl.constexpr,
@@ -95,6 +100,9 @@ def _paged_decode_kernel(
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
+    # this sequence's chunk: whole tiles, >= min_split_len keys; splits past the end are empty
+    per_split = (seq_len + num_splits - 1) // num_splits
+    split_len = tl.maximum((per_split + BLOCK_N - 1) // BLOCK_N * BLOCK_N, min_split_len)
     lo = split * split_len
     hi = tl.minimum(seq_len, lo + split_len)
     if HAS_WINDOW:  # the token at seq_len - 1 sees keys > seq_len - 1 - window
@@ -277,9 +285,15 @@ def num_sms(device: torch.device) -> int:
     return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
+MIN_SPLIT_TOKENS = 256  # keys per decode split at least (unless the caller forces a count)
+
+
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seqlen_k: int, sms: int,
-                      block_n: int, min_split_tokens: int = 256) -> int:
+                      block_n: int, min_split_tokens: int = MIN_SPLIT_TOKENS) -> int:
     """KV splits per (sequence, KV head): enough programs for ~2 per SM, chunks >= 256 keys.
+
+    ``max_seqlen_k`` may be an upper bound (CUDA graphs pass max_model_len): the kernel then
+    gives each sequence only the splits its own length fills, the others exit empty.
 
     With B*Hk programs already >= 2*SMs (e.g. batch 64 x 8 KV heads = 512 on 132 SMs) one
     split is best: no partial outputs, no reduce launch. Small batches with long contexts
@@ -301,11 +315,16 @@ def paged_decode(
     seq_lens: torch.Tensor, max_seqlen_k: int, softmax_scale: float, k_scale: float = 1.0,
     v_scale: float = 1.0, window: int | None = None, num_splits: int | None = None,
     block_n: int | None = None, num_warps: int | None = None, num_stages: int | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q (N, Hq, D), one token per sequence -> out (N, Hq, D) in q.dtype.
 
     Sequence i attends to its seq_lens[i] cached keys (its new token's K/V already written).
-    ``num_splits`` None picks it from batch x heads vs SM count (``choose_num_splits``).
+    ``max_seqlen_k`` is >= every seq_lens[i] (an upper bound is fine); it only bounds the split
+    count. ``num_splits`` None picks it from batch x heads vs SM count (``choose_num_splits``)
+    with chunks of >= 256 keys; a forced count splits every sequence into that many chunks of
+    whole tiles. Nothing here reads the device lengths on the host (CUDA-graph safe).
+    ``out`` (N, Hq, D), e.g. a row slice of a mixed batch's output, is written in place.
     """
     N, Hq, D = q.shape
     _, page, Hk, _ = k_cache.shape
@@ -314,9 +333,13 @@ def paged_decode(
     block_n = block_n or (16 if interp else 64)
     if num_splits is None:
         num_splits = choose_num_splits(N, Hk, max_seqlen_k, num_sms(q.device), block_n)
-    split_len = triton.cdiv(triton.cdiv(max(max_seqlen_k, 1), num_splits), block_n) * block_n
-    num_splits = max(1, triton.cdiv(max(max_seqlen_k, 1), split_len))
-    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+        min_split_len = triton.cdiv(MIN_SPLIT_TOKENS, block_n) * block_n
+    else:
+        min_split_len = block_n
+    # more splits than max_seqlen_k fills would only launch empty programs
+    num_splits = max(1, min(num_splits, triton.cdiv(max(max_seqlen_k, 1), min_split_len)))
+    if out is None:
+        out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     if num_splits > 1:
         mid_out = torch.empty((N, Hq, num_splits, D), device=q.device, dtype=torch.float32)
         mid_lse = torch.empty((N, Hq, num_splits), device=q.device, dtype=torch.float32)
@@ -328,7 +351,7 @@ def paged_decode(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), block_tables.stride(0),
         out.stride(0), out.stride(1),
-        softmax_scale * k_scale * LOG2E, v_scale, window or 0, split_len, num_splits,
+        softmax_scale * k_scale * LOG2E, v_scale, window or 0, min_split_len, num_splits,
         GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         HEAD_DIM=D, BLOCK_D=block_d, PAGE=page, SPLIT=num_splits > 1,
         HAS_WINDOW=window is not None, DOT_PRECISION=_dot_precision(q.dtype),
@@ -350,9 +373,15 @@ def paged_prefill(
     seq_lens: torch.Tensor, cu_seqlens_q: torch.Tensor, max_seqlen_q: int, softmax_scale: float,
     k_scale: float = 1.0, v_scale: float = 1.0, window: int | None = None,
     block_m: int | None = None, block_n: int | None = None, num_warps: int | None = None,
-    num_stages: int | None = None,
+    num_stages: int | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Packed new queries q (T, Hq, D) of N sequences -> out (T, Hq, D), causal bottom-right."""
+    """Packed new queries q (T, Hq, D) of N sequences -> out (T, Hq, D), causal bottom-right.
+
+    Sequence i owns rows ``cu_seqlens_q[i]:cu_seqlens_q[i+1]`` of q and out: absolute row
+    offsets, so a mixed batch passes the row slices (block_tables[d:], seq_lens[d:],
+    cu_seqlens_q[d:]) of its prefill sequences with the whole q and ``out``; rows of no
+    sequence here are left untouched.
+    """
     T, Hq, D = q.shape
     N = seq_lens.shape[0]
     _, page, Hk, _ = k_cache.shape
@@ -361,7 +390,8 @@ def paged_prefill(
     # the interpreter's cost is per tile op, so bigger tiles run faster there
     block_m = block_m or (32 if interp else 64)
     block_n = block_n or (32 if interp else 64)
-    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    if out is None:
+        out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
     grid = (N, Hk, triton.cdiv(max(max_seqlen_q, 1) * group, block_m))
     _paged_prefill_kernel[grid](
         q, k_cache, v_cache, block_tables, seq_lens, cu_seqlens_q, out,

@@ -10,10 +10,10 @@ Cache dtypes: the model dtype (fp16/bf16/fp32) or ``torch.float8_e4m3fn`` (``kv_
 per-tensor (per-layer) float scales; attention multiplies them back. Scales apply to fp8 caches
 only.
 
-Dispatch (``ops._dispatch.use_triton``): CUDA -> ``tritium.kernels.paged_attention`` (decode
-kernel with split-KV when ``meta.decode_only``, the varlen prefill kernel otherwise) and
-``tritium.kernels.rope`` for cache writes; CPU -> the ``*_reference`` functions below, which are
-also the test oracle.
+Dispatch (``ops._dispatch.use_triton``): CUDA -> ``tritium.kernels.paged_attention`` (the
+split-KV decode kernel over the first ``meta.num_decodes`` sequences, one new token each, and
+the varlen prefill kernel over the rest, both writing one output) and ``tritium.kernels.rope``
+for cache writes; CPU -> the ``*_reference`` functions below, which are also the test oracle.
 """
 
 from __future__ import annotations
@@ -42,6 +42,12 @@ class AttentionMetadata:
     The step's new tokens are packed: sequence i owns query rows
     ``cu_seqlens_q[i]:cu_seqlens_q[i+1]``, which are its *last* tokens (its cached prefix of
     ``seq_lens[i] - num_new`` tokens is already in the KV cache).
+
+    Mixed steps put their one-token sequences first: with ``num_decode_tokens = d``, sequences
+    0..d-1 own rows 0..d-1 (one new token each) and take the split-KV decode kernel, the rest
+    the prefill kernel. The host values (max_seqlen_*, decode_only, num_decode_tokens) must not
+    depend on device data; ``max_seqlen_k`` may be an upper bound (a CUDA-graph batch passes
+    max_model_len), which only costs the CPU reference some padding.
     """
 
     slot_mapping: torch.Tensor  # (T,) int64: cache slot to write each new token's K/V into
@@ -49,12 +55,22 @@ class AttentionMetadata:
     seq_lens: torch.Tensor  # (N,) int32: tokens in the KV cache after this step (cached + new)
     cu_seqlens_q: torch.Tensor  # (N+1,) int32: prefix sums of new tokens per sequence
     max_seqlen_q: int  # max new tokens of any sequence this step
-    max_seqlen_k: int  # max seq_lens
+    max_seqlen_k: int  # >= max seq_lens (exact in eager steps)
     decode_only: bool  # every sequence has exactly one new token (decode kernel path)
+    # the first num_decode_tokens sequences have one new token each (decode kernel); None = all
+    # of them when decode_only, else none
+    num_decode_tokens: int | None = None
 
     @property
     def num_seqs(self) -> int:
         return self.seq_lens.shape[0]
+
+    @property
+    def num_decodes(self) -> int:
+        """Sequences (= rows) at the front of the batch that take the decode kernel."""
+        if self.decode_only:
+            return self.num_seqs
+        return self.num_decode_tokens or 0
 
 
 def resolve_kv_cache_dtype(kv_cache_dtype: str | torch.dtype, model_dtype: torch.dtype
@@ -153,7 +169,8 @@ def _paged_attention_padded(q, k_cache, v_cache, meta, softmax_scale, k_scale, v
     cu = meta.cu_seqlens_q.long()
     n_new = cu[1:] - cu[:-1]  # (N,)
     t = torch.arange(Lm, device=dev)
-    blocks = meta.block_tables.long()[:, t // bs]  # (N, Lm); entries past a sequence: masked
+    # (N, Lm); entries past a sequence are masked (max_seqlen_k may exceed the table's width)
+    blocks = meta.block_tables.long()[:, (t // bs).clamp(max=meta.block_tables.shape[1] - 1)]
     past_end = (t[None, :] >= lens[:, None])[..., None, None]  # (N, Lm, 1, 1)
     # zero what lies past each sequence: unwritten slots may hold anything (NaN included)
     k = (k_cache[blocks, t % bs].float() * ks).masked_fill(past_end, 0.0)  # (N, Lm, Hk, D)
@@ -271,6 +288,11 @@ def _check_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if meta.decode_only and T != N:
         raise ValueError(f"decode_only metadata needs one query row per sequence: q has {T} "
                          f"rows for {N} sequences")
+    nd = meta.num_decode_tokens
+    if nd is not None and (not isinstance(nd, int) or not 0 <= nd <= min(N, T)
+                           or (meta.decode_only and nd != N)):
+        raise ValueError(f"meta.num_decode_tokens={nd!r} must be an int in [0, {min(N, T)}] "
+                         f"(and equal the {N} sequences when decode_only)")
     if sliding_window is not None and (not isinstance(sliding_window, int) or sliding_window < 1):
         raise ValueError(f"sliding_window must be a positive int or None, got {sliding_window!r}")
 
@@ -317,6 +339,8 @@ def paged_attention(
     """softmax(q K^T * scale, causal bottom-right) V per sequence over its paged K/V.
 
     q (T, Hq, D) packed new tokens (their K/V already written) -> (T, Hq, D) in q.dtype.
+    The first ``meta.num_decodes`` sequences (one row each) go to the split-KV decode kernel,
+    the others to the prefill kernel; both write one output, without copies.
     ``num_splits`` forces the decode kernel's KV split count (None: chosen from batch x heads
     vs SM count); it is ignored on the reference path.
     """
@@ -330,8 +354,14 @@ def paged_attention(
         q = q.contiguous()
     from tritium.kernels.paged_attention import paged_decode, paged_prefill
 
-    if meta.decode_only:
-        return paged_decode(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                            meta.max_seqlen_k, scale, ks, vs, sliding_window, num_splits)
-    return paged_prefill(q, k_cache, v_cache, meta.block_tables, meta.seq_lens,
-                         meta.cu_seqlens_q, meta.max_seqlen_q, scale, ks, vs, sliding_window)
+    N, nd = meta.num_seqs, meta.num_decodes
+    out = torch.empty(q.shape, device=q.device, dtype=q.dtype)
+    if nd > 0:  # rows 0..nd-1; max_seqlen_k bounds them (it only caps the split count)
+        paged_decode(q[:nd], k_cache, v_cache, meta.block_tables[:nd], meta.seq_lens[:nd],
+                     meta.max_seqlen_k, scale, ks, vs, sliding_window, num_splits,
+                     out=out[:nd])
+    if nd < N:  # cu_seqlens_q holds absolute row offsets: slices address q and out directly
+        paged_prefill(q, k_cache, v_cache, meta.block_tables[nd:], meta.seq_lens[nd:],
+                      meta.cu_seqlens_q[nd:], meta.max_seqlen_q, scale, ks, vs, sliding_window,
+                      out=out)
+    return out
