@@ -112,7 +112,28 @@ def test_prompt_longer_than_context(tiny_folder):
     assert proc.stdout.strip() == ""
 
 
+def test_generate_random_preset_with_tokenizer():
+    from tritium.models.tokenizer_cache import embedded_tokenizer_dir
+
+    proc = run_cli("generate", "--model", "random:tiny", "--tokenizer",
+                   str(embedded_tokenizer_dir()), "--device", "cpu", "--max-tokens", "6",
+                   "--temperature", "0", "Hello")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() and "6 generated tokens" in proc.stderr  # random words, as text
+
+
 # -- user mistakes that fail before loading anything ---------------------------------------------
+
+def test_random_preset_without_tokenizer():
+    assert_user_error(run_cli("generate", "--model", "random:tiny", "hi"),
+                      r"random:tiny has random weights and no tokenizer: pass --tokenizer")
+
+
+def test_missing_tokenizer_path(tmp_path):
+    assert_user_error(run_cli("chat", "--model", "random:tiny", "--tokenizer",
+                              str(tmp_path / "tok"), stdin="hi\n"),
+                      r"tokenizer path .*tok does not exist")
+
 
 def test_missing_model_file(tmp_path):
     assert_user_error(run_cli("generate", "--model", str(tmp_path / "nope.gguf"), "hi"),

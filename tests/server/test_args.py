@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tritium.cli import build_parser
-from tritium.server.args import engine_config_from_args, served_name
+from tritium.server.args import engine_config_from_args, run_serve, served_name
 
 
 def test_serve_flags_fill_engine_config():
@@ -20,9 +20,21 @@ def test_serve_flags_fill_engine_config():
             config.scheduler.max_num_batched_tokens) == (1024, 8, 512)
     assert (config.cache.block_size, config.cache.num_kv_blocks,
             config.cache.enable_prefix_caching) == (32, 100, False)
+    assert config.tokenizer is None
+    args = build_parser().parse_args(["serve", "--model", "random:tiny", "--tokenizer", "/t"])
+    assert engine_config_from_args(args).tokenizer == "/t"
     bad = build_parser().parse_args(["serve", "--max-num-seqs", "0"])
     with pytest.raises(ValueError, match="max_num_seqs"):
         engine_config_from_args(bad)
+
+
+def test_serve_random_preset_needs_a_tokenizer(monkeypatch):
+    # refused before anything loads (the engine is never built)
+    monkeypatch.setattr("tritium.engine.llm_engine.LLMEngine.from_config",
+                        lambda *a: pytest.fail("the engine was built"))
+    args = build_parser().parse_args(["serve", "--model", "random:llama3-8b"])
+    with pytest.raises(ValueError, match="no tokenizer, which the server needs: pass --tokenizer"):
+        run_serve(args)
 
 
 def test_served_name():

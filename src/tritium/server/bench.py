@@ -18,6 +18,10 @@ as vLLM), ``inf`` = all at once; ``--max-concurrency`` caps requests in flight. 
 exactly the drawn length) and ``chat`` (synthetic multi-turn conversations to /v1/chat/completions,
 natural stops). Output tokens are the server's ``usage.completion_tokens``
 (``stream_options.include_usage``); input tokens its ``usage.prompt_tokens``.
+
+``--result-json`` writes a list with one record per request rate, each in the layout of
+``vllm bench serve --save-result`` (same keys: ``request_throughput``, ``mean_ttft_ms``,
+``p99_itl_ms``, ``ttfts``, ...; see :func:`result_record`), so vLLM's result readers take it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -241,8 +245,44 @@ def build_workload(args: argparse.Namespace) -> list[BenchRequest]:
                          args.ignore_eos)
 
 
+def result_record(args: argparse.Namespace, model: str, rate: float, raw: dict[str, Any],
+                  metrics: dict[str, Any]) -> dict[str, Any]:
+    """One run as ``vllm bench serve --save-result`` writes it (same keys and meanings: setup,
+    traffic, the metrics, then per-request lists), plus tritium's extras: per-request ``e2els``
+    (s), ``peak_concurrency`` (requests in flight at once, as the client saw), ``slos_ms``,
+    ``percentiles``, ``error_samples`` and ``config`` (every flag)."""
+    results: list[RequestResult] = raw["results"]
+    inf_safe = rate if math.isfinite(rate) else "inf"  # strict JSON, as vLLM
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "api_key")}
+    config.update(request_rate=inf_safe, model=model)
+    return {
+        "date": time.strftime("%Y%m%d-%H%M%S"),
+        "backend": "openai-chat" if args.workload == "chat" else "openai",
+        "label": args.label,
+        "model_id": model,
+        "tokenizer_id": None,  # the server tokenizes; lengths are its usage counts
+        "num_prompts": args.num_prompts,
+        "request_rate": inf_safe,
+        "burstiness": args.burstiness,
+        "max_concurrency": args.max_concurrency,
+        **metrics,
+        "input_lens": [r.prompt_len for r in results],
+        "output_lens": [r.output_tokens if r.success else 0 for r in results],
+        "ttfts": [r.ttft for r in results],
+        "itls": [r.itl for r in results],
+        "generated_texts": [r.generated_text for r in results],
+        "errors": [r.error for r in results],
+        "e2els": [r.latency for r in results],
+        "peak_concurrency": raw["peak_concurrency"],
+        "config": config,
+    }
+
+
 def main(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Run one benchmark per request rate; print a table each; write JSON if asked."""
+    """Run one benchmark per request rate; print a table each; write JSON if asked.
+
+    Returns one record per rate (:func:`result_record`); ``--result-json`` gets their list.
+    """
     slos = _parse_slos(args.goodput)
     percentiles = [float(p) for p in args.percentiles.split(",") if p]
     base = args.base_url.rstrip("/")
@@ -255,14 +295,9 @@ def main(args: argparse.Namespace) -> list[dict[str, Any]]:
                                         max_concurrency=args.max_concurrency,
                                         api_key=args.api_key, seed=args.seed))
         metrics = summarize(raw["results"], raw["duration"], slos, percentiles)
-        metrics["peak_concurrency"] = raw["peak_concurrency"]
-        config = {k: v for k, v in vars(args).items() if k not in ("func", "api_key")}
-        config.update(request_rate=rate if math.isfinite(rate) else "inf",  # strict JSON
-                      model=model, date=time.strftime("%Y-%m-%d %H:%M:%S"))
-        print(format_report(metrics, config))
-        runs.append({"config": config, "metrics": metrics,
-                     "requests": [asdict(r) | {"generated_text": r.generated_text[:200]}
-                                  for r in raw["results"]]})
+        record = result_record(args, model, rate, raw, metrics)
+        print(format_report(record, record["config"]))
+        runs.append(record)
     if args.result_json:
         with open(args.result_json, "w") as f:
             json.dump(runs, f, indent=1, default=str)

@@ -39,8 +39,8 @@ def summarize(results: list[Any], duration: float, slos_ms: dict[str, float],
     metrics: dict[str, Any] = {
         "completed": len(ok),
         "failed": len(results) - len(ok),
-        "errors": sorted({r.error for r in results if not r.success})[:5],
-        "duration_s": duration,
+        "error_samples": sorted({r.error for r in results if not r.success})[:5],
+        "duration": duration,
         "total_input_tokens": total_in,
         "total_output_tokens": total_out,
         "request_throughput": len(ok) / duration,
@@ -49,10 +49,31 @@ def summarize(results: list[Any], duration: float, slos_ms: dict[str, float],
         "request_goodput": good / duration if slos_ms else None,
         "slos_ms": slos_ms,
     }
+    metrics.update(per_second_peaks(ok))
     for name, values in (("ttft", ttfts), ("tpot", tpots), ("itl", itls), ("e2el", e2els)):
         metrics.update(_stats(name, values, percentiles))
     metrics["percentiles"] = percentiles
     return metrics
+
+
+def per_second_peaks(ok: list[Any]) -> dict[str, float | int]:
+    """vLLM's peaks over 1-second buckets from the first request's start: the most content
+    chunks received in one bucket (``max_output_tokens_per_s``; vLLM counts chunks too, which
+    carry one token each unless a client falls a step behind and the stream coalesces them)
+    and the most requests in flight during some part of one bucket
+    (``max_concurrent_requests``)."""
+    if not ok:
+        return {"max_output_tokens_per_s": 0.0, "max_concurrent_requests": 0}
+    t0 = min(r.start for r in ok)
+    n = int(max(r.start + r.latency for r in ok) - t0) + 1
+    chunks = np.zeros(n, dtype=np.int64)
+    in_flight = np.zeros(n, dtype=np.int64)
+    for r in ok:
+        times = r.start - t0 + r.ttft + np.concatenate([[0.0], np.cumsum(r.itl)])
+        np.add.at(chunks, np.minimum(times.astype(np.int64), n - 1), 1)
+        in_flight[int(r.start - t0): int(r.start + r.latency - t0) + 1] += 1
+    return {"max_output_tokens_per_s": float(chunks.max()),
+            "max_concurrent_requests": int(in_flight.max())}
 
 
 def format_report(m: dict[str, Any], config: dict[str, Any]) -> str:
@@ -64,16 +85,17 @@ def format_report(m: dict[str, Any], config: dict[str, Any]) -> str:
     add(("Max concurrency:", str(config.get("max_concurrency"))))
     add(("Successful requests:", str(m["completed"])))
     if m["failed"]:
-        add(("Failed requests:", f"{m['failed']} ({'; '.join(m['errors'])[:120]})"))
-    add(("Benchmark duration (s):", f"{m['duration_s']:.2f}"))
+        add(("Failed requests:", f"{m['failed']} ({'; '.join(m['error_samples'])[:120]})"))
+    add(("Benchmark duration (s):", f"{m['duration']:.2f}"))
     add(("Total input tokens:", str(m["total_input_tokens"])))
     add(("Total generated tokens:", str(m["total_output_tokens"])))
     add(("Request throughput (req/s):", f"{m['request_throughput']:.2f}"))
     if m["request_goodput"] is not None:
         add(("Request goodput (req/s):", f"{m['request_goodput']:.2f}"))
     add(("Output token throughput (tok/s):", f"{m['output_throughput']:.2f}"))
+    add(("Peak output token throughput (tok/s):", f"{m['max_output_tokens_per_s']:.2f}"))
+    add(("Peak concurrent requests:", str(m["max_concurrent_requests"])))
     add(("Total token throughput (tok/s):", f"{m['total_token_throughput']:.2f}"))
-    add(("Peak concurrent requests:", str(m.get("peak_concurrency"))))
     for key, title in (("ttft", "Time to First Token"), ("tpot", "Time per Output Token "
                        "(excl. 1st token)"), ("itl", "Inter-token Latency"),
                        ("e2el", "End-to-end Latency")):
