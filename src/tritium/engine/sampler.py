@@ -27,8 +27,9 @@ step; the caller does one ``.tolist()`` of the result (:meth:`SamplerOutput.toli
 Cost, in passes over (N, V): the noise is ~11 int64 passes (hash) + ~8 float32 ones, so when
 every random row has top-k it is drawn only for the max_top_k candidates (same tokens as the
 full path, tested). Top-p sorts the vocabulary (as vLLM). Greedy-only batches skip all of it.
-A fused Triton kernel (hash + noise + argmax in one read of the logits) is the GPU follow-up:
-the hash is 32-bit integer math, so it can match this reference bit for bit.
+On CUDA the draw itself (hash + noise + argmax) is one fused Triton pass over the logits
+(:func:`gumbel_argmax`, kernels/sampling.py): the hash is 32-bit integer math, bit for bit the
+same as here.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 
 from tritium.engine.logprobs import LogprobsTensors, TokenLogprobs, gather_logprobs
 from tritium.engine.sampling_params import SamplingParams
+from tritium.ops._dispatch import use_triton
 
 __all__ = [
     "Sampler",
@@ -49,8 +51,10 @@ __all__ = [
     "apply_filters",
     "apply_penalties",
     "exponential_from_bits",
+    "gumbel_argmax",
     "gumbel_noise",
     "random_bits",
+    "row_keys",
     "sequence_seed",
     "validate_sampling_params",
 ]
@@ -122,12 +126,36 @@ def random_bits(
     """
     if isinstance(token_ids, int):
         token_ids = torch.arange(token_ids, device=seeds.device)
-    key = _mix32_((steps & _M32) ^ _KEY_C0)
-    key = _mix32_(key.bitwise_xor_(seeds & _M32))
-    key = _mix32_(key.bitwise_xor_((seeds >> 32) & _M32))  # (N,); >> is arithmetic: mask it
+    key = row_keys(seeds, steps)
     tok = _mix32_((token_ids.long() & _M32) ^ _KEY_C1)  # (K,) or (N, K)
     tok = tok[None, :] if tok.dim() == 1 else tok
     return _mix32_(tok ^ key[:, None])  # (N, K)
+
+
+def row_keys(seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+    """(N,) int64 seeds and steps -> (N,) int64 32-bit row keys of :func:`random_bits`."""
+    key = _mix32_((steps & _M32) ^ _KEY_C0)
+    key = _mix32_(key.bitwise_xor_(seeds & _M32))
+    return _mix32_(key.bitwise_xor_((seeds >> 32) & _M32))  # >> is arithmetic: mask it
+
+
+def gumbel_argmax(
+    z: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor,
+    token_ids: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Column of ``argmax(z + gumbel_noise(seeds, steps, ids))`` per row. (N, C) -> (N,) int64.
+
+    ``token_ids`` (N, C): the ids hashed for each column (default: the column index). On CUDA
+    (or under the interpreter) one fused Triton pass (kernels/sampling.py); otherwise the
+    PyTorch noise tensor. Both give the same draws up to float rounding of the noise.
+    """
+    if use_triton(z):
+        from tritium.kernels.sampling import gumbel_argmax as kernel
+
+        ids = None if token_ids is None else token_ids.long().contiguous()
+        return kernel(z.float().contiguous(), row_keys(seeds, steps), ids)
+    ids = z.shape[1] if token_ids is None else token_ids
+    return gumbel_noise(seeds, steps, ids).add_(z).argmax(dim=-1)
 
 
 def exponential_from_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -258,8 +286,8 @@ def _sample_top_k_candidates(z: torch.Tensor, meta: SamplingMetadata) -> torch.T
             keep_sorted &= sorted_z >= _min_p_floor(sorted_z[:, :1], meta.min_p)
         keep = torch.empty_like(keep_sorted).scatter_(1, order, keep_sorted)
         cand_z = cand_z.masked_fill(~keep, -math.inf)
-    score = gumbel_noise(meta.seeds, meta.steps, cand_ids).add_(cand_z)  # (N, K)
-    return cand_ids.gather(1, score.argmax(dim=-1, keepdim=True))[:, 0]
+    col = gumbel_argmax(cand_z, meta.seeds, meta.steps, cand_ids)  # (N,)
+    return cand_ids.gather(1, col[:, None])[:, 0]
 
 
 # -- per-step metadata -----------------------------------------------------------------------
@@ -544,8 +572,7 @@ class Sampler:
             None if meta.no_min_p else meta.min_p,
             max_top_k=meta.max_top_k,
         )
-        score = gumbel_noise(meta.seeds, meta.steps, meta.vocab_size).add_(z)  # (N, V)
-        return score.argmax(dim=-1)
+        return gumbel_argmax(z, meta.seeds, meta.steps)
 
     @staticmethod
     def _check(logits: torch.Tensor, meta: SamplingMetadata) -> None:
