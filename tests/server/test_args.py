@@ -20,7 +20,7 @@ def test_serve_flags_fill_engine_config():
             config.scheduler.max_num_batched_tokens) == (1024, 8, 512)
     assert (config.cache.block_size, config.cache.num_kv_blocks,
             config.cache.enable_prefix_caching) == (32, 100, False)
-    assert config.tokenizer is None
+    assert config.tokenizer is None and not args.disable_uvicorn_access_log
     args = build_parser().parse_args(["serve", "--model", "random:tiny", "--tokenizer", "/t"])
     assert engine_config_from_args(args).tokenizer == "/t"
     bad = build_parser().parse_args(["serve", "--max-num-seqs", "0"])

@@ -16,7 +16,12 @@ from tritium.server.bench import (
     main,
     random_workload,
 )
-from tritium.server.bench_report import format_report, per_second_peaks, summarize
+from tritium.server.bench_report import (
+    format_report,
+    markdown_table,
+    per_second_peaks,
+    summarize,
+)
 
 
 def test_metric_definitions():
@@ -114,3 +119,7 @@ def test_live_run_against_fake_server(make_fake_server, tmp_path, capsys):
     (run,) = main(chat)
     assert run["completed"] == 6 and run["total_input_tokens"] > 6 * 20
     assert run["backend"] == "openai-chat"
+    table = markdown_table(saved + [run]).splitlines()
+    assert len(table) == 2 + 3 and table[0].startswith("| workload | rate |")
+    assert table[2].startswith("| random 12 x 20 / 6 | 50.0 | 4 | 12 / 0 |")
+    assert table[4].startswith("| chat 6 x ~20 words / ~8 | inf | None | 6 / 0 |")

@@ -39,6 +39,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    metavar="B", help="largest accepted request body (default: 4 MiB)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--disable-uvicorn-access-log", action="store_true",
+                   help="no log line per request (vLLM's flag; for benchmarks)")
     g = p.add_argument_group("engine")
     g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
@@ -120,7 +122,8 @@ def run_serve(args: argparse.Namespace) -> int:
     app = build_app(engine, model_name=served_name(args.model, args.served_model_name),
                     model_root=args.model, api_key=args.api_key or None,
                     max_request_bytes=args.max_request_bytes)
-    run_server(app, host=args.host, port=args.port, log_level=args.log_level)
+    run_server(app, host=args.host, port=args.port, log_level=args.log_level,
+               access_log=not args.disable_uvicorn_access_log)
     return 0
 
 

@@ -112,3 +112,28 @@ def format_report(m: dict[str, Any], config: dict[str, Any]) -> str:
         else:
             lines.append(f"{left:<40}{right:>10}")
     return "\n".join(lines)
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """One Markdown row per run record (docs/benchmarks.md's serving table, p99 = the
+    record's highest percentile)."""
+    head = ("| workload | rate | max conc. | ok / failed | req/s | out tok/s | total tok/s | "
+            "peak out tok/s | TTFT mean / p{p} (ms) | TPOT mean / p{p} (ms) | "
+            "ITL mean / p{p} (ms) | E2EL mean / p{p} (ms) |")
+    p = f"{max(records[0]['percentiles']):g}" if records else "99"
+    lines = [head.format(p=p), "|" + "---|" * 12]
+    for r in records:
+        cfg = r.get("config", {})
+        if r.get("backend") == "openai-chat":
+            work = f"chat {r['num_prompts']} x ~{cfg.get('chat_input_words')} words / " \
+                   f"~{cfg.get('chat_output_len')}"
+        else:
+            work = f"random {r['num_prompts']} x {cfg.get('random_input_len')} / " \
+                   f"{cfg.get('random_output_len')}"
+        lat = " | ".join(f"{r[f'mean_{k}_ms']:,.1f} / {r[f'p{p}_{k}_ms']:,.1f}"
+                         for k in ("ttft", "tpot", "itl", "e2el"))
+        lines.append(f"| {work} | {r['request_rate']} | {r['max_concurrency']} | "
+                     f"{r['completed']} / {r['failed']} | {r['request_throughput']:.2f} | "
+                     f"{r['output_throughput']:,.0f} | {r['total_token_throughput']:,.0f} | "
+                     f"{r['max_output_tokens_per_s']:,.0f} | {lat} |")
+    return "\n".join(lines)
