@@ -61,7 +61,7 @@ def _reuse_loaded_model(monkeypatch):
     """Every engine in this module shares one loaded model (loading is the slow part)."""
     monkeypatch.setattr(
         model_runner, "load_model",
-        lambda path, device, dtype: _shared_model(path, str(device), dtype),
+        lambda path, device, dtype, tokenizer=None: _shared_model(path, str(device), dtype),
     )
 
 
