@@ -19,9 +19,8 @@
 #     typing-inspection==0.4.2 opentelemetry-api==1.45.2 typing-extensions==4.16.0 \
 #     anyio==4.16.0 annotated-doc==0.0.7
 #   # the tokenizer (3.5 MB; converted from the embedded GGUF and cached if absent):
-#   mkdir -p .carry && rm -rf .carry/tokenizer && cp -r "$(python3 -c 'from \
-#     tritium.models.tokenizer_cache import embedded_tokenizer_dir as d; print(d())')" \
-#     .carry/tokenizer
+#   TOK=$(python3 -c 'from tritium.models.tokenizer_cache import embedded_tokenizer_dir as d; print(d())')
+#   mkdir -p .carry && rm -rf .carry/tokenizer && cp -r "$TOK" .carry/tokenizer
 # Device command (carry [".whl", ".carry"]; about 7 MB):
 #   bash benchmarks/gpu_serve_session.sh
 #
