@@ -14,7 +14,9 @@
    causal and not: tritium (kernel launchers, and the public API with autograd) against SDPA's
    FlashAttention-2 and cuDNN backends in the same process. TFLOP/s use FlashAttention's
    convention: forward 4*B*H*S^2*D (halved when causal), backward 2.5x forward;
-   triton.testing.do_bench medians.
+   triton.testing.do_bench medians. Backward launchers: tritium_bwd = the deterministic path
+   (swept or default tiles), tritium_bwd_atomic = the default atomic-dQ path (default tiles);
+   the API's backward is the default.
 Prints a table last and writes everything (device, versions, configs, numbers) as JSON.
 """
 
@@ -179,9 +181,9 @@ def sweep_dim(D, dev) -> dict:
     o, lse = flash_attn_fwd(q, k, v, softmax_scale=s, config=fwd)
     q_default = bwd_config(D, False)[1]
     dkdv = pick("bwd(dkdv)", DKDV_CANDIDATES[D], lambda cfg: flash_attn_bwd(
-        do, q, k, v, o, lse, softmax_scale=s, config=(cfg, q_default)), 2.5)
+        do, q, k, v, o, lse, softmax_scale=s, config=(cfg, q_default), deterministic=True), 2.5)
     dq = pick("bwd(dq)", DQ_CANDIDATES[D], lambda cfg: flash_attn_bwd(
-        do, q, k, v, o, lse, softmax_scale=s, config=(dkdv, cfg)), 2.5)
+        do, q, k, v, o, lse, softmax_scale=s, config=(dkdv, cfg), deterministic=True), 2.5)
     return dict(fwd=fwd, bwd=(dkdv, dq))
 
 
@@ -232,7 +234,10 @@ def bench_case(D, causal, S, best, dev) -> dict:
     row["tritium_fwd"] = f / ms(lambda: flash_attn_fwd(
         q, k, v, softmax_scale=s, causal=causal, config=cfg_f)) / 1e9
     row["tritium_bwd"] = 2.5 * f / ms(lambda: flash_attn_bwd(
-        do, q, k, v, o, lse, softmax_scale=s, causal=causal, config=cfg_b)) / 1e9
+        do, q, k, v, o, lse, softmax_scale=s, causal=causal, config=cfg_b,
+        deterministic=True)) / 1e9
+    row["tritium_bwd_atomic"] = 2.5 * f / ms(lambda: flash_attn_bwd(
+        do, q, k, v, o, lse, softmax_scale=s, causal=causal)) / 1e9
     with torch.no_grad():
         row["tritium_api_fwd"] = f / ms(lambda: tritium.flash_attn_func(q, k, v,
                                                                         causal=causal)) / 1e9
@@ -298,7 +303,8 @@ def mask_bench(dev) -> None:
 
 
 def table() -> None:
-    cols = ["tritium_fwd", "sdpa_flash_fwd", "sdpa_cudnn_fwd", "tritium_bwd", "sdpa_flash_bwd",
+    cols = ["tritium_fwd", "sdpa_flash_fwd", "sdpa_cudnn_fwd", "tritium_bwd",
+            "tritium_bwd_atomic", "sdpa_flash_bwd",
             "sdpa_cudnn_bwd", "tritium_api_fwd", "tritium_api_bwd"]
     log("\nTFLOP/s (bf16; 16k tokens, H = 2048 / D; fwd 4BHS^2D, /2 causal; bwd 2.5x)")
     log(f"{'D':>4} {'causal':>6} {'S':>6} " + " ".join(f"{c[:15]:>15}" for c in cols))

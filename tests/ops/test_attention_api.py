@@ -229,7 +229,7 @@ def test_flash_attn_func_layout_and_varlen_lse_shapes():
 
 def test_custom_op_opcheck():
     q, k, v = qkv(grad=True)
-    args = (q, k, v, None, None, 9, 13, 0.25, True, 2, None, 0.0, True, [], 0, 0)
+    args = (q, k, v, None, None, 9, 13, 0.25, True, 2, None, 0.0, True, [], 0, 0, False)
     torch.library.opcheck(attn._fwd_op, args)
 
 

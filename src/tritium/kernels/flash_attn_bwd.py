@@ -1,23 +1,28 @@
-"""FlashAttention backward in Triton: three deterministic kernels, no atomics.
+"""FlashAttention backward in Triton: a 5-matmul path with atomic dQ (default) and a
+deterministic 7-matmul path without atomics.
 
 With P = softmax(S) recomputed from the saved log-sum-exp, the gradients are
     dV = P^T dO,   dP = dO V^T,   dS = P * (dP - delta),   delta_i = rowsum(dO * O)_i - dlse_i,
     dQ = scale * dS K,   dK = scale * dS^T Q
 (with a softcap, dS is further multiplied by 1 - tanh^2, the derivative of the cap).
 
-1. ``_bwd_preprocess_kernel``: delta (same layout as lse), fp32.
+1. ``_bwd_preprocess_kernel``: delta and lse in base 2 (same layout as lse), fp32; on the
+   atomic path it also zeroes the fp32 dQ accumulator.
 2. ``_bwd_dkdv_kernel``: one program per (key tile, kv head, sequence) walks the query tiles of
    every query head of its GQA group and accumulates dK, dV in registers: each element of dK/dV
-   is written once, so the result is deterministic and GQA needs no reduction pass.
-3. ``_bwd_dq_kernel``: one program per (query tile, query head, sequence) walks the key tiles,
-   as the forward does, and accumulates dQ in registers.
-Recomputing Q K^T and dO V^T in both 2 and 3 costs 7 tile matmuls per (query, key) tile pair
-instead of 5; in exchange there are no atomics and no fp32 dQ buffer.
+   is written once, so dK/dV are deterministic on both paths and GQA needs no reduction pass.
+   Atomic path (``deterministic=False``, ATOMIC_DQ): per (query tile, key tile) it also forms
+   dS K, a 5th tile matmul, and ``tl.atomic_add``s it into the fp32 accumulator rows of that
+   query head; ``_dq_convert_kernel`` then scales and casts it to q's dtype. fp32 additions in
+   an order set by the scheduler: dQ may differ in the last bits between runs.
+3. Deterministic path: ``_bwd_dq_kernel``, one program per (query tile, query head, sequence),
+   walks the key tiles as the forward does and accumulates dQ in registers. It recomputes
+   Q K^T and dO V^T: 7 tile matmuls per (query, key) tile pair instead of 5, in exchange for no
+   atomics, no fp32 dQ buffer and bit-identical results run to run.
 
 Masks are those of the forward (kernels/flash_attn.py). For block masks the dK/dV pass needs the
-lists transposed (per key block, the query blocks that see it): ``transpose_block_mask`` builds
-them from the BlockMask
-(ops/attention_reference.py) and the launcher takes both.
+lists transposed (per key block, the query blocks that see it): ``BlockMask.transposed()``
+(ops/block_mask.py, cached on the mask) builds them, and the launcher takes both.
 """
 
 from __future__ import annotations
@@ -42,14 +47,15 @@ from tritium.kernels.flash_attn import (
 
 @triton.jit
 def _bwd_preprocess_kernel(
-    Out, dO, Lse, dLse, Delta, Lse2, cu_seqlens_q,
+    Out, dO, Lse, dLse, Delta, Lse2, DQacc, cu_seqlens_q,
     stride_ob, stride_os, stride_oh, stride_db, stride_ds, stride_dh, stride_lb, stride_lh,
-    seqlen_q, num_heads,
+    stride_ab, stride_as, stride_ah, seqlen_q, num_heads,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-    IS_VARLEN: tl.constexpr, HAS_DLSE: tl.constexpr,
+    IS_VARLEN: tl.constexpr, HAS_DLSE: tl.constexpr, ZERO_DQ: tl.constexpr,
 ):
     """Delta = rowsum(dO * O) - dlse, and the lse in base 2 with +inf on empty rows (so that
-    exp2(s - lse2) is exactly 0 there): both (B, H, Sq) / (H, Tq) fp32 like lse."""
+    exp2(s - lse2) is exactly 0 there): both (B, H, Sq) / (H, Tq) fp32 like lse. With ZERO_DQ,
+    zero the same rows of the fp32 dQ accumulator (laid out like q), saving a memset launch."""
     start_m = tl.program_id(0)
     off_b = tl.program_id(1) // num_heads
     off_h = tl.program_id(1) % num_heads
@@ -65,6 +71,9 @@ def _bwd_preprocess_kernel(
     do = tl.load(dO + b64 * stride_db + rows[:, None] * stride_ds + off_h * stride_dh
                  + offs_d[None, :], mask=mask, other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)  # (BM,)
+    if ZERO_DQ:
+        tl.store(DQacc + b64 * stride_ab + rows[:, None] * stride_as + off_h * stride_ah
+                 + offs_d[None, :], tl.zeros([BLOCK_M, D_PAD], tl.float32), mask=mask)
     l_off = b64 * stride_lb + off_h * stride_lh + q_start + offs_m
     row_ok = offs_m < seqlen_q
     if HAS_DLSE:  # d lse_i / d s_ij = P_ij: folds into delta
@@ -77,15 +86,17 @@ def _bwd_preprocess_kernel(
 
 @triton.jit
 def _dkdv_loop(
-    dk, dv, k, v, q_base, do_base, lse_base, delta_base, lo, hi, stride_qs, stride_dos,
-    q_offs, do_offs, d_ok, tile_ptrs, offs_m, offs_n, seqlen_q, seqlen_k, diag_lo, diag_hi,
-    qk_scale, softcap_scale, softcap_log2, BLOCK_M: tl.constexpr, KV_BLOCK: tl.constexpr,
-    EVEN_D: tl.constexpr, MASKED: tl.constexpr, HAS_TILE: tl.constexpr,
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, lo, hi, stride_qs,
+    stride_dos, stride_dqs, q_offs, do_offs, dq_offs, d_ok, tile_ptrs, offs_m, offs_n, seqlen_q,
+    seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale, softcap_log2, BLOCK_M: tl.constexpr,
+    KV_BLOCK: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr, HAS_TILE: tl.constexpr,
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
 ):
-    """Query tiles [lo, hi) step BM against the program's key tile: dK, dV += ...
-    ``q_offs``/``do_offs`` (BM, D_PAD) and ``d_ok`` are hoisted; ``tile_ptrs`` (BN, BM) points
-    at the element tile's window for query ``lo``."""
+    """Query tiles [lo, hi) step BM against the program's key tile: dK, dV += ...; with
+    ATOMIC_DQ also dQ[rows] += dS K (unscaled) by fp32 atomics.
+    ``q_offs``/``do_offs``/``dq_offs`` (BM, D_PAD) and ``d_ok`` are hoisted; ``tile_ptrs``
+    (BN, BM) points at the element tile's window for query ``lo``."""
     for start_m in range(lo, hi, BLOCK_M):
         if not MASKED:
             start_m = tl.multiple_of(start_m, BLOCK_M)
@@ -127,7 +138,18 @@ def _dkdv_loop(
         dsT = pT * (dpT - delta[None, :])
         if SOFTCAP:
             dsT = dsT * (1.0 - tT * tT)
-        dk = tl.dot(dsT.to(q.dtype), q, dk)
+        dsT = dsT.to(q.dtype)
+        dk = tl.dot(dsT, q, dk)
+        if ATOMIC_DQ:  # -- the 5th matmul: dQ tile (BM, D_PAD) = dS K, added in fp32 --
+            dq = tl.dot(tl.trans(dsT), k)
+            dq_ptrs = dq_base + m64 * stride_dqs + dq_offs
+            if MASKED:  # rows past Sq belong to the next sequence (varlen) or to nobody
+                tl.atomic_add(dq_ptrs, dq, mask=(offs_m[:, None] < seqlen_q - start_m) & d_ok,
+                              sem="relaxed")
+            elif EVEN_D:
+                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq, mask=d_ok, sem="relaxed")
     return dk, dv
 
 
@@ -156,17 +178,18 @@ def _query_ranges(n0, seqlen_q, seqlen_k, diag_lo, diag_hi, BLOCK_M: tl.constexp
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, dO, Lse2, Delta, dK, dV, cu_seqlens_q, cu_seqlens_k,
+    Q, K, V, dO, Lse2, Delta, dK, dV, DQacc, cu_seqlens_q, cu_seqlens_k,
     BM_num, BM_idx, BM_tile_id, BM_tiles, BM_full_num, BM_full_idx,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
     stride_dkb, stride_dks, stride_dkh, stride_dvb, stride_dvs, stride_dvh,
+    stride_ab, stride_as, stride_ah,
     stride_lb, stride_lh, stride_mb, stride_mh, stride_mm, stride_ib, stride_ih, stride_im,
     seqlen_q, seqlen_k, num_heads_k, group, softmax_scale, softcap, window_left, window_right,
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BLOCK_MASK: tl.constexpr,
-    Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
+    Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, ATOMIC_DQ: tl.constexpr,
 ):
     start_n = tl.program_id(0)
     off_b = tl.program_id(1) // num_heads_k
@@ -199,7 +222,8 @@ def _bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, D_PAD], tl.float32)
     q_offs = offs_m[:, None] * stride_qs + offs_d[None, :]
     do_offs = offs_m[:, None] * stride_dos + offs_d[None, :]
-    args = (stride_qs, stride_dos, q_offs, do_offs, d_ok)
+    dq_offs = offs_m[:, None] * stride_as + offs_d[None, :]
+    args = (stride_qs, stride_dos, stride_as, q_offs, do_offs, dq_offs, d_ok)
     rest = (offs_m, offs_n, seqlen_q, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
             softcap_log2)  # (constexprs cannot travel in tuples: they are passed one by one)
 
@@ -212,7 +236,8 @@ def _bwd_dkdv_kernel(
         do_base = dO + b64 * stride_dob + q64 * stride_dos + off_h * stride_doh
         lse_base = Lse2 + b64 * stride_lb + off_h * stride_lh + q_start
         delta_base = Delta + b64 * stride_lb + off_h * stride_lh + q_start
-        bases = (q_base, do_base, lse_base, delta_base)
+        dq_base = DQacc + b64 * stride_ab + q64 * stride_as + off_h * stride_ah
+        bases = (q_base, do_base, lse_base, delta_base, dq_base)
         if HAS_BLOCK_MASK:
             # Transposed lists: per (b, h, key block), the query blocks that see it; full
             # blocks take the unmasked path inside the band, as in the forward.
@@ -226,12 +251,14 @@ def _bwd_dkdv_kernel(
                 blo = tl.load(BM_full_idx + idx_off + j) * Q_BLOCK
                 s0, u0, u1, e0 = _clip(blo, blo + Q_BLOCK, lo, full_lo, full_hi, hi)
                 dk, dv = _dkdv_loop(dk, dv, k, v, *bases, s0, u0, *args, Q, *rest, BLOCK_M,
-                                    KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                                    KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                                    ATOMIC_DQ)
                 dk, dv = _dkdv_loop(dk, dv, k, v, *bases, u0, u1, *args, Q, *rest, BLOCK_M,
                                     KV_BLOCK, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT,
-                                    SOFTCAP)
+                                    SOFTCAP, ATOMIC_DQ)
                 dk, dv = _dkdv_loop(dk, dv, k, v, *bases, u1, e0, *args, Q, *rest, BLOCK_M,
-                                    KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                                    KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                                    ATOMIC_DQ)
             for j in range(0, tl.load(BM_num + bm_off)):
                 blo = tl.load(BM_idx + idx_off + j) * Q_BLOCK
                 s0, _, _, e0 = _clip(blo, blo + Q_BLOCK, lo, full_lo, full_hi, hi)
@@ -239,15 +266,18 @@ def _bwd_dkdv_kernel(
                     + (s0 - blo) * KV_BLOCK
                 dk, dv = _dkdv_loop(
                     dk, dv, k, v, *bases, s0, e0, *args, BM_tiles + tile + tile_offs, *rest,
-                    BLOCK_M, KV_BLOCK, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                    BLOCK_M, KV_BLOCK, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                    ATOMIC_DQ)
         else:
             dk, dv = _dkdv_loop(dk, dv, k, v, *bases, lo, full_lo, *args, Q, *rest, BLOCK_M,
-                                KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                                KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                                ATOMIC_DQ)
             dk, dv = _dkdv_loop(dk, dv, k, v, *bases, full_lo, full_hi, *args, Q, *rest,
                                 BLOCK_M, KV_BLOCK, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT,
-                                SOFTCAP)
+                                SOFTCAP, ATOMIC_DQ)
             dk, dv = _dkdv_loop(dk, dv, k, v, *bases, full_hi, hi, *args, Q, *rest, BLOCK_M,
-                                KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                                KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                                ATOMIC_DQ)
 
     dk *= softmax_scale
     dk_ptrs = dK + b64 * stride_dkb + k64 * stride_dks + off_hk * stride_dkh \
@@ -396,9 +426,18 @@ def _bwd_dq_kernel(
     tl.store(dq_ptrs, dq.to(dQ.dtype.element_ty), mask=q_mask)
 
 
+@triton.jit
+def _dq_convert_kernel(DQacc, dQ, numel, softmax_scale, BLOCK: tl.constexpr):
+    """dQ = scale * DQacc cast to dQ's dtype; both dense with the same strides (flat view)."""
+    offs = tl.cast(tl.program_id(0), tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < numel
+    acc = tl.load(DQacc + offs, mask=ok, other=0.0)
+    tl.store(dQ + offs, (acc * softmax_scale).to(dQ.dtype.element_ty), mask=ok)
+
+
 # -- launchers -------------------------------------------------------------------------------
 
-# ((dK/dV: BLOCK_M, BLOCK_N, warps, stages), (dQ: BLOCK_M, BLOCK_N, warps, stages)) per D_PAD:
+# Deterministic path: ((dK/dV: BLOCK_M, BLOCK_N, warps, stages), (dQ: same)) per D_PAD.
 # D 64/128 the fastest of a sweep on an H100 at S = 4096 (docs/perf-notes.md, 2026-11-23);
 # D 32 takes D 64's; D 256 is chosen for few register spills (ptxas), not timed.
 _BWD_CONFIGS = {
@@ -407,12 +446,50 @@ _BWD_CONFIGS = {
     128: ((64, 128, 8, 2), (64, 64, 4, 2)),
     256: ((32, 64, 8, 2), (64, 32, 8, 2)),
 }
+# Atomic path: the dK/dV(+dQ) kernel's (BLOCK_M, BLOCK_N, warps, stages) per D_PAD. Not yet
+# timed (a guess to be replaced by benchmarks/attn_bwd_sweep.py's H100 results): key tiles of
+# 128 as FlashAttention-2/3's backward, because the fp32 atomic traffic into dQ is
+# Sq * D * 4 B per key tile, i.e. 4 / (10 * BLOCK_N) bytes per FLOP (1.6 TB/s at 500 TFLOP/s
+# with BN = 128); 8 warps to hold the two (BN, D) fp32 accumulators.
+_BWD_ATOMIC_CONFIGS = {
+    32: (64, 128, 4, 2),
+    64: (64, 128, 8, 2),
+    128: (64, 128, 8, 2),
+    256: (32, 64, 8, 2),
+}
 _INTERPRET_CONFIG = ((32, 32, 4, 1), (32, 32, 4, 1))
+_INTERPRET_ATOMIC_CONFIG = (32, 32, 4, 1)
+_CONVERT_BLOCK = 1024
 
 
-def bwd_config(head_dim: int, interpret: bool) -> tuple[tuple, tuple]:
-    """Default ((dK/dV kernel config), (dQ kernel config)) as (BM, BN, warps, stages)."""
-    return _INTERPRET_CONFIG if interpret else _BWD_CONFIGS[head_dim_padded(head_dim)]
+def bwd_config(head_dim: int, interpret: bool, deterministic: bool = True) -> tuple:
+    """Default kernel config(s) as (BLOCK_M, BLOCK_N, num_warps, num_stages): deterministic ->
+    ((dK/dV kernel), (dQ kernel)); atomic -> the dK/dV(+dQ) kernel's one tuple."""
+    if deterministic:
+        return _INTERPRET_CONFIG if interpret else _BWD_CONFIGS[head_dim_padded(head_dim)]
+    return _INTERPRET_ATOMIC_CONFIG if interpret \
+        else _BWD_ATOMIC_CONFIGS[head_dim_padded(head_dim)]
+
+
+def _check_config(config, deterministic: bool) -> None:
+    def one(c):
+        return isinstance(c, tuple | list) and len(c) == 4 and all(
+            isinstance(x, int) and x > 0 for x in c)
+
+    ok = (isinstance(config, tuple | list) and len(config) == 2 and all(map(one, config))) \
+        if deterministic else one(config)
+    if not ok:
+        want = "((BM, BN, warps, stages), (BM, BN, warps, stages))" if deterministic \
+            else "(BM, BN, warps, stages)"
+        raise ValueError(f"config {config!r}: expected {want} for deterministic={deterministic}")
+
+
+def _shrink(cfg: tuple, block_mask) -> tuple:
+    """Tiles no larger than the mask blocks (both powers of two, so they nest)."""
+    if block_mask is None:
+        return tuple(cfg)
+    return (min(cfg[0], block_mask.q_block_size), min(cfg[1], block_mask.kv_block_size),
+            *cfg[2:])
 
 
 def flash_attn_bwd(
@@ -422,14 +499,17 @@ def flash_attn_bwd(
     softcap: float = 0.0, bottom_right: bool = True,
     cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
     max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, block_mask=None,
-    block_mask_t=None,
-    config: tuple[tuple, tuple] | None = None,
+    block_mask_t=None, deterministic: bool = False, config: tuple | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of ``flash_attn_fwd``: shapes and layouts as q, k, v.
 
     dout/out share q's shape; lse (and dlse, the gradient of the returned lse, if any) are the
     forward's (B, Hq, Sq) or (Hq, Tq) fp32. Every tensor needs stride 1 in its last dim.
-    With ``block_mask``, ``block_mask_t`` is its transpose (``transpose_block_mask``).
+    With ``block_mask``, ``block_mask_t`` is its transpose (``BlockMask.transposed()``).
+    ``deterministic=False`` (default): one dK/dV kernel that also adds dQ into an fp32 buffer
+    (B, Sq, Hq, D) by atomics (5 tile matmuls per tile pair; dQ's last bits may vary run to
+    run); True: separate dK/dV and dQ kernels, bit-reproducible (7 matmuls). ``config``
+    overrides the tiles (see ``bwd_config`` for its form per path; used by the sweeps).
     """
     varlen = cu_seqlens_q is not None
     q4, k4, v4, do4, o4 = (as_batched(t, varlen) for t in (q, k, v, dout, out))
@@ -441,28 +521,31 @@ def flash_attn_bwd(
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     if batch == 0 or q.numel() == 0 or k.numel() == 0:
         return dq.zero_(), dk.zero_(), dv.zero_()
+    if dlse is not None and dlse.stride() != lse.stride():
+        raise ValueError("dlse must have the layout (strides) of lse")
+    if config is not None:
+        _check_config(config, deterministic)
+    config = config or bwd_config(D, _interpreting(), deterministic)
     dq4, dk4, dv4 = (as_batched(t, varlen) for t in (dq, dk, dv))
-    D_PAD = head_dim_padded(D)
-    cfg_kv, cfg_q = config or bwd_config(D, _interpreting())
-    if block_mask is not None:
-        cfg_kv = (min(cfg_kv[0], block_mask.q_block_size),
-                  min(cfg_kv[1], block_mask.kv_block_size), *cfg_kv[2:])
-        cfg_q = (min(cfg_q[0], block_mask.q_block_size),
-                 min(cfg_q[1], block_mask.kv_block_size), *cfg_q[2:])
     lse_strides = _lse_strides(varlen, lse)
     dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
     cu_q = cu_seqlens_q if varlen else dummy
     cu_k = cu_seqlens_k if varlen else dummy
-    flags = dict(HEAD_DIM=D, D_PAD=D_PAD, IS_VARLEN=varlen)
+    flags = dict(HEAD_DIM=D, D_PAD=head_dim_padded(D), IS_VARLEN=varlen)
 
-    if dlse is not None and dlse.stride() != lse.stride():
-        raise ValueError("dlse must have the layout (strides) of lse")
+    # fp32 dQ accumulator with dq's strides (empty_like of a dense tensor keeps them), so the
+    # conversion is one flat pass; zeroed by the preprocess kernel.
+    dq_acc = None if deterministic else torch.empty_like(dq, dtype=torch.float32)
+    acc4 = as_batched(dq_acc, varlen) if dq_acc is not None else None
+    acc_args = [acc4, acc4.stride(0), acc4.stride(1), acc4.stride(2)] if acc4 is not None \
+        else [lse, 0, 0, 0]
     delta, lse2 = torch.empty_like(lse), torch.empty_like(lse)
     pre_bm = 64 if not _interpreting() else 16
     _bwd_preprocess_kernel[(triton.cdiv(seqlen_q, pre_bm), batch * Hq)](
-        o4, do4, lse, dlse if dlse is not None else lse, delta, lse2, cu_q,
+        o4, do4, lse, dlse if dlse is not None else lse, delta, lse2, acc_args[0], cu_q,
         o4.stride(0), o4.stride(1), o4.stride(2), do4.stride(0), do4.stride(1), do4.stride(2),
-        *lse_strides, seqlen_q, Hq, BLOCK_M=pre_bm, HAS_DLSE=dlse is not None, **flags)
+        *lse_strides, *acc_args[1:], seqlen_q, Hq, BLOCK_M=pre_bm, HAS_DLSE=dlse is not None,
+        ZERO_DQ=not deterministic, **flags)
 
     band = dict(softmax_scale=softmax_scale, softcap=softcap if softcap > 0 else 1.0,
                 window_left=window_left or 0, window_right=0 if causal else (window_right or 0))
@@ -473,15 +556,25 @@ def flash_attn_bwd(
                k4.stride(2), v4.stride(0), v4.stride(1), v4.stride(2), do4.stride(0),
                do4.stride(1), do4.stride(2)]
 
-    bm1, bn1, w1, s1 = cfg_kv
+    bm1, bn1, w1, s1 = _shrink(config if not deterministic else config[0], block_mask)
     mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask_t, bm1, bn1, q.device)
     _bwd_dkdv_kernel[(triton.cdiv(seqlen_k, bn1), batch * Hk)](
-        *common, dk4, dv4, cu_q, cu_k, *mask_ptrs, *strides,
+        *common, dk4, dv4, acc_args[0], cu_q, cu_k, *mask_ptrs, *strides,
         dk4.stride(0), dk4.stride(1), dk4.stride(2), dv4.stride(0), dv4.stride(1), dv4.stride(2),
-        *lse_strides, *mask_strides, seqlen_q, seqlen_k, Hk, Hq // Hk, **band,
-        BLOCK_M=bm1, BLOCK_N=bn1, **flags, **mask_meta, num_warps=w1, num_stages=s1)
+        *acc_args[1:], *lse_strides, *mask_strides, seqlen_q, seqlen_k, Hk, Hq // Hk, **band,
+        BLOCK_M=bm1, BLOCK_N=bn1, **flags, **mask_meta, ATOMIC_DQ=not deterministic,
+        num_warps=w1, num_stages=s1)
 
-    bm2, bn2, w2, s2 = cfg_q
+    if not deterministic:
+        if dq_acc.stride() != dq.stride():  # never for empty_like outputs; kept as a guard
+            dq.copy_(dq_acc.mul_(softmax_scale))
+        else:
+            n = dq.numel()
+            _dq_convert_kernel[(triton.cdiv(n, _CONVERT_BLOCK),)](
+                dq_acc, dq, n, softmax_scale, BLOCK=_CONVERT_BLOCK)
+        return dq, dk, dv
+
+    bm2, bn2, w2, s2 = _shrink(config[1], block_mask)
     mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask, bm2, bn2, q.device)
     _bwd_dq_kernel[(triton.cdiv(seqlen_q, bm2), batch * Hq)](
         *common, dq4, cu_q, cu_k, *mask_ptrs, *strides,

@@ -6,6 +6,11 @@
 - ``sdpa(query, key, value, ...)``: ``F.scaled_dot_product_attention``'s (B, H, S, D) layout
   and arguments (causal top-left, as SDPA; flash-attn's causal is bottom-right).
 
+Backward: by default (``deterministic=False``) one dK/dV kernel also accumulates dQ with fp32
+atomics (5 tile matmuls per tile pair; dQ's last bits may change from run to run on a GPU);
+``deterministic=True`` runs a separate dQ kernel instead (7 matmuls, bit-reproducible), as
+flash-attn's flag means. dK and dV are deterministic either way; ``sdpa`` uses the default.
+
 All three go through two ``torch.library`` custom ops, ``tritium::flash_attn_fwd`` and
 ``tritium::flash_attn_bwd``, with fake (meta) kernels and registered autograd, so
 ``torch.compile(fullgraph=True)`` traces them without graph breaks. Inside the ops, CUDA tensors
@@ -37,7 +42,7 @@ from tritium.ops.attention_reference import (
     attention_varlen_reference_bwd,
     transpose_block_mask,
 )
-from tritium.ops.block_mask import BlockMask
+from tritium.ops.block_mask import BlockMask, TransposedLists
 
 __all__ = ["flash_attn_func", "flash_attn_varlen_func", "sdpa", "attention_reference"]
 
@@ -47,10 +52,19 @@ Tensor = torch.Tensor
 
 
 def _unpack_mask(mask: list[Tensor], q_block: int, kv_block: int, sq: int, sk: int):
+    """The op's ``mask`` list -> a BlockMask-like namespace (None when empty). The list holds
+    the six BlockMask tensors, then optionally the five transposed lists."""
     if not mask:
         return None
     return SimpleNamespace(q_block_size=q_block, kv_block_size=kv_block, seq_len_q=sq,
-                           seq_len_kv=sk, **dict(zip(_MASK_FIELDS, mask)))
+                           seq_len_kv=sk, **dict(zip(_MASK_FIELDS, mask[:6])))
+
+
+def _unpack_mask_t(mask: list[Tensor], bm):
+    """The transposed lists from the op's ``mask`` list, or built now if absent."""
+    if len(mask) == 6:
+        return transpose_block_mask(bm)
+    return SimpleNamespace(**{**vars(bm), **TransposedLists(*mask[6:])._asdict()})
 
 
 def _lse_shape(q: Tensor, varlen: bool) -> tuple[int, ...]:
@@ -64,9 +78,11 @@ def _fwd_op(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool,
     window_left: int | None, window_right: int | None, softcap: float, bottom_right: bool,
-    mask: list[Tensor], q_block: int, kv_block: int,
+    mask: list[Tensor], q_block: int, kv_block: int, deterministic: bool,
 ) -> tuple[Tensor, Tensor]:
-    """(out like q, lse (B, Hq, Sq) or (Hq, Tq) fp32). ``mask``: a BlockMask's six tensors."""
+    """(out like q, lse (B, Hq, Sq) or (Hq, Tq) fp32). ``mask``: a BlockMask's six tensors,
+    then (when a backward will follow) its five transposed lists. ``deterministic`` only
+    travels to the backward (autograd reads the forward's inputs)."""
     varlen = cu_seqlens_q is not None
     if varlen:
         check_cu_seqlens_values(cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0],
@@ -103,9 +119,10 @@ def _bwd_op(
     dlse: Tensor | None, cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool,
     window_left: int | None, window_right: int | None, softcap: float, bottom_right: bool,
-    mask: list[Tensor], q_block: int, kv_block: int,
+    mask: list[Tensor], q_block: int, kv_block: int, deterministic: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dq, dk, dv) shaped and strided like (q, k, v). Deterministic: no atomics."""
+    """(dq, dk, dv) shaped and strided like (q, k, v). ``deterministic``: the kernels' dQ
+    without atomics (the CPU reference is deterministic either way)."""
     varlen = cu_seqlens_q is not None
     sq, sk = (max_seqlen_q, max_seqlen_k) if varlen else (q.shape[1], k.shape[1])
     bm = _unpack_mask(mask, q_block, kv_block, sq, sk)
@@ -117,7 +134,8 @@ def _bwd_op(
             window_left=window_left, window_right=window_right, softcap=softcap,
             bottom_right=bottom_right, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
             max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, block_mask=bm,
-            block_mask_t=transpose_block_mask(bm) if bm is not None else None)
+            block_mask_t=_unpack_mask_t(mask, bm) if bm is not None else None,
+            deterministic=deterministic)
     kw = dict(window_size=(window_left, window_right), softcap=softcap, dlse=dlse)
     if varlen:
         grads = attention_varlen_reference_bwd(dout, q, k, v, cu_seqlens_q, cu_seqlens_k,
@@ -142,7 +160,7 @@ def _setup_context(ctx, inputs, output):
     q, k, v, cu_q, cu_k = inputs[:5]
     ctx.params = inputs[5:13]  # max_seqlen_q ... bottom_right
     ctx.num_mask = len(inputs[13])
-    ctx.blocks = inputs[14:]
+    ctx.blocks = inputs[14:17]  # q_block, kv_block, deterministic
     ctx.save_for_backward(q, k, v, output[0], output[1], cu_q, cu_k, *inputs[13])
     ctx.set_materialize_grads(False)
 
@@ -157,7 +175,7 @@ def _backward(ctx, dout, dlse):
         dlse = dlse.contiguous()
     dq, dk, dv = _bwd_op(dout, q, k, v, out, lse, dlse, cu_q, cu_k, *ctx.params, mask,
                          *ctx.blocks)
-    return dq, dk, dv, *([None] * 10), [None] * ctx.num_mask, None, None
+    return dq, dk, dv, *([None] * 10), [None] * ctx.num_mask, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -166,13 +184,16 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # -- public API ------------------------------------------------------------------------------
 
 def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap, bottom_right,
-         block_mask, return_lse):
+         block_mask, return_lse, deterministic):
     left, right = window
-    mask = [getattr(block_mask, f) for f in _MASK_FIELDS] if block_mask is not None else []
-    blocks = (block_mask.q_block_size, block_mask.kv_block_size) if block_mask is not None \
-        else (0, 0)
+    mask, blocks = [], (0, 0)
+    if block_mask is not None:
+        mask = [getattr(block_mask, f) for f in _MASK_FIELDS]
+        blocks = (block_mask.q_block_size, block_mask.kv_block_size)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            mask += list(block_mask.transposed())  # built once per BlockMask, then cached
     out, lse = _fwd_op(q, k, v, cu_q, cu_k, max_q, max_k, check_scale(scale), causal, left,
-                       right, float(softcap), bottom_right, mask, *blocks)
+                       right, float(softcap), bottom_right, mask, *blocks, deterministic)
     return (out, lse) if return_lse else out
 
 
@@ -191,8 +212,11 @@ def flash_attn_func(
     None = unbounded. softcap > 0: scores become softcap * tanh(scores / softcap) before
     masking. softmax_scale (> 0): default 1/sqrt(D). block_mask: a ``BlockMask``, ANDed with
     the rest.
-    dropout_p must be 0 (no dropout); the backward is always deterministic (``deterministic``
-    is accepted for flash-attn compatibility). Differentiable in q, k, v and through lse.
+    dropout_p must be 0 (no dropout). Differentiable in q, k, v and through lse.
+    deterministic: False (default) accumulates dQ with fp32 atomics inside the dK/dV kernel
+    (5 tile matmuls per tile pair, the fast path; on a GPU dQ's last bits may differ between
+    runs); True computes dQ in its own kernel (7 matmuls, bit-reproducible gradients), as
+    flash-attn's flag. dK and dV are bit-reproducible either way.
     """
     check_flags(causal=causal, dropout_p=dropout_p, softcap=softcap, return_lse=return_lse,
                 deterministic=deterministic)
@@ -204,7 +228,7 @@ def flash_attn_func(
         check_block_mask(block_mask, q.shape[0], q.shape[2], q.shape[1], k.shape[1], q.device)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     return _run(q, k, v, None, None, q.shape[1], k.shape[1], scale, causal, window, softcap,
-                True, block_mask, return_lse)
+                True, block_mask, return_lse, deterministic)
 
 
 def flash_attn_varlen_func(
@@ -219,6 +243,7 @@ def flash_attn_varlen_func(
     k/v (int32 (N+1,), starting at 0, non-decreasing, ending at Tq/Tk; lengths may be 0).
     Returns out (Tq, Hq, D) and, with ``return_lse``, lse (Hq, Tq) fp32. The cu_seqlens values
     are checked against the shapes and max_seqlen_* (one device-to-host copy per call).
+    ``deterministic`` as in ``flash_attn_func``.
     """
     check_flags(causal=causal, dropout_p=dropout_p, softcap=softcap, return_lse=return_lse,
                 deterministic=deterministic)
@@ -227,7 +252,7 @@ def flash_attn_varlen_func(
     window = check_window(window_size)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     return _run(q, k, v, cu_seqlens_q, cu_seqlens_k, int(max_seqlen_q), int(max_seqlen_k),
-                scale, causal, window, softcap, True, None, return_lse)
+                scale, causal, window, softcap, True, None, return_lse, deterministic)
 
 
 def sdpa(
@@ -239,7 +264,8 @@ def sdpa(
 
     is_causal is top-left aligned (query i sees keys j <= i), as in SDPA. ``attn_mask`` may be
     None or a tritium ``BlockMask`` (dense/additive masks are not supported: build a BlockMask).
-    With ``enable_gqa`` key/value may have fewer heads (H % Hk == 0), as in SDPA.
+    With ``enable_gqa`` key/value may have fewer heads (H % Hk == 0), as in SDPA. The backward
+    is ``flash_attn_func``'s default (atomic dQ, ``deterministic=False``).
     """
     check_flags(causal=is_causal, dropout_p=dropout_p, softcap=0.0, return_lse=False,
                 deterministic=False, causal_name="is_causal")
@@ -259,5 +285,5 @@ def sdpa(
         check_block_mask(attn_mask, q.shape[0], q.shape[2], q.shape[1], k.shape[1], q.device)
     s = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     out = _run(q, k, v, None, None, q.shape[1], k.shape[1], s, is_causal, (None, None), 0.0,
-               False, attn_mask, False)
+               False, attn_mask, False, False)
     return out.transpose(1, 2)

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import torch
 
-from tritium.ops.block_mask import BlockMask
+from tritium.ops.block_mask import BlockMask, transpose_lists
 
 
 def _window(window_size: tuple[int | None, int | None] | None) -> tuple[int | None, int | None]:
@@ -41,29 +41,14 @@ def block_mask_to_dense(bm) -> torch.Tensor:
 
 
 def transpose_block_mask(bm) -> SimpleNamespace:
-    """Per (b, h, key block) the query blocks that see it (full / partial, ascending) and the
-    partial blocks' tile ids: the iteration order of the backward's dK/dV pass. Same field
-    names as ``BlockMask`` (kv_* now list query blocks) so kernels read both alike."""
-    state, tile = BlockMask.tile_states(bm)
-    state, tile = state.transpose(-1, -2), tile.transpose(-1, -2)  # (B, H, nKB, nQB)
-    nqb = state.shape[-1]
-    order = torch.arange(nqb, device=state.device)
-
-    def listed(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = torch.where(sel, order, order + nqb)  # selected blocks first, ascending
-        idx = key.argsort(-1)
-        return sel.sum(-1).to(torch.int32).contiguous(), idx
-
-    num, idx = listed(state == 1)
-    full_num, full_idx = listed(state == 2)
+    """A BlockMask-like namespace whose lists are transposed for the backward's dK/dV pass
+    (see ``BlockMask.transposed``; cached on a BlockMask, rebuilt for any other object with
+    its fields): block sizes, lengths and mask_tiles are the mask's, so kernels read both
+    alike."""
+    lists = bm.transposed() if isinstance(bm, BlockMask) else transpose_lists(bm)
     return SimpleNamespace(
-        seq_len_q=bm.seq_len_q, seq_len_kv=bm.seq_len_kv,
-        q_block_size=bm.q_block_size, kv_block_size=bm.kv_block_size,
-        kv_num_blocks=num, kv_indices=idx.to(torch.int32).contiguous(),
-        partial_tile_ids=tile.gather(-1, idx).to(torch.int32).contiguous(),
-        mask_tiles=bm.mask_tiles, full_kv_num_blocks=full_num,
-        full_kv_indices=full_idx.to(torch.int32).contiguous(),
-    )
+        seq_len_q=bm.seq_len_q, seq_len_kv=bm.seq_len_kv, q_block_size=bm.q_block_size,
+        kv_block_size=bm.kv_block_size, mask_tiles=bm.mask_tiles, **lists._asdict())
 
 
 def attention_mask(

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -36,6 +37,16 @@ from tritium.ops.mask_mods import (  # noqa: F401  (re-exported: one import for 
 logger = logging.getLogger(__name__)
 
 
+class TransposedLists(NamedTuple):
+    """A BlockMask's lists per key block instead of per query block (the order in which the
+    backward's dK/dV kernel walks the query tiles); ``mask_tiles`` stays the mask's."""
+    kv_num_blocks: torch.Tensor  # (B|1, H|1, nKB) int32: partial query blocks per key block
+    kv_indices: torch.Tensor  # (B|1, H|1, nKB, nQB) int32: those query blocks, ascending
+    partial_tile_ids: torch.Tensor  # (B|1, H|1, nKB, nQB) int32: their rows in mask_tiles
+    full_kv_num_blocks: torch.Tensor  # (B|1, H|1, nKB) int32: full query blocks per key block
+    full_kv_indices: torch.Tensor  # (B|1, H|1, nKB, nQB) int32: those query blocks, ascending
+
+
 @dataclass
 class BlockMask:
     seq_len_q: int
@@ -52,6 +63,9 @@ class BlockMask:
     mask_tiles: torch.Tensor
     full_kv_num_blocks: torch.Tensor  # (B|1, H|1, nQB) int32: full blocks per query block
     full_kv_indices: torch.Tensor  # (B|1, H|1, nQB, nKB) int32: full kv blocks, ascending
+    # the backward's transposed lists, built by the first transposed() call (not a field)
+    _transposed: TransposedLists | None = field(default=None, init=False, repr=False,
+                                                compare=False)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -94,6 +108,16 @@ class BlockMask:
         """A copy with every tensor on ``device``."""
         return BlockMask(self.seq_len_q, self.seq_len_kv, self.q_block_size, self.kv_block_size,
                          *(getattr(self, n).to(device) for n in _TENSOR_FIELDS))
+
+    def transposed(self) -> TransposedLists:
+        """Per (b, h, key block) the query blocks that see it (full / partial, ascending) and
+        the partial blocks' tile ids: the iteration order of the backward's dK/dV pass, under
+        BlockMask's field names (kv_* now list query blocks). Built on the first call and
+        cached on the mask, which is treated as immutable: a training step's layers all reuse
+        one transpose."""
+        if self._transposed is None:
+            self._transposed = transpose_lists(self)
+        return self._transposed
 
     def tile_states(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per tile (B|1, H|1, nQB, nKB): state int8 (0 empty, 1 partial, 2 full) and, for
@@ -383,6 +407,18 @@ class _TileStore:
         if not self.rows:
             return torch.zeros(0, qbs, kbs, dtype=torch.uint8, device=self.device)
         return torch.stack(self.rows).view(torch.uint8).view(-1, qbs, kbs).contiguous()
+
+
+def transpose_lists(bm) -> TransposedLists:
+    """``BlockMask.transposed()`` without the cache; duck-typed (any object with BlockMask's
+    fields, such as the namespace rebuilt inside the attention custom op)."""
+    state, tile = BlockMask.tile_states(bm)
+    state, tile = state.transpose(-1, -2), tile.transpose(-1, -2)  # (B, H, nKB, nQB)
+    num, idx = _listed(state == _PARTIAL)
+    full_num, full_idx = _listed(state == _FULL)
+    tile_ids = tile.gather(-1, idx.long()).to(torch.int32)
+    return TransposedLists(num.contiguous(), idx.contiguous(), tile_ids.contiguous(),
+                           full_num.contiguous(), full_idx.contiguous())
 
 
 def _listed(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
