@@ -90,6 +90,8 @@ def test_bad_flags():
     for bad in (0.0, -0.5, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="softmax_scale"):
             tritium.flash_attn_func(q, k, v, softmax_scale=bad)
+    with pytest.raises(TypeError, match="deterministic must be a bool"):
+        tritium.flash_attn_func(q, k, v, deterministic=1)
 
 
 def test_bad_cu_seqlens():
@@ -235,7 +237,7 @@ def test_custom_op_opcheck():
 
 class TinyAttention(torch.nn.Module):
     def forward(self, q, k, v, cq, ck):
-        a = tritium.flash_attn_func(q, k, v, causal=True, softmax_scale=0.3)
+        a = tritium.flash_attn_func(q, k, v, causal=True, softmax_scale=0.3, deterministic=True)
         b, lse = tritium.flash_attn_func(q, k, v, window_size=(3, 1), softcap=2.0,
                                          return_lse=True)
         c = tritium.sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -272,3 +274,63 @@ def test_compile_runs_kernels_under_interpreter(interpret):
     want = attention_reference(q.float(), k.float(), v.float(), True)
     torch.testing.assert_close(out.float(), want, atol=2e-3, rtol=2e-3)
     assert q.grad is not None and torch.isfinite(q.grad).all()
+
+
+# -- deterministic flag and the BlockMask transpose cache ------------------------------------------
+
+def test_deterministic_reaches_the_backward_kernel(interpret, monkeypatch):
+    """flash_attn_func / varlen pass ``deterministic`` to the backward launcher; sdpa and the
+    default use the atomic path (deterministic=False)."""
+    import tritium.kernels.flash_attn_bwd as bwd_kernels
+
+    seen, real = [], bwd_kernels.flash_attn_bwd
+
+    def spy(*a, **k):
+        seen.append(k["deterministic"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(bwd_kernels, "flash_attn_bwd", spy)
+    q, k, v = qkv(Sq=5, Sk=7, dtype=torch.float16, grad=True)
+    for det in (None, True, False):
+        kw = {} if det is None else dict(deterministic=det)
+        tritium.flash_attn_func(q, k, v, causal=True, **kw).float().sum().backward()
+    flat = [t.detach().reshape(-1, *t.shape[2:]).requires_grad_() for t in (q, k, v)]
+    tritium.flash_attn_varlen_func(*flat, cu([5, 5]), cu([7, 7]), 5, 7,
+                                   deterministic=True).float().sum().backward()
+    tritium.sdpa(*(t.transpose(1, 2) for t in (q, k, v)),
+                 enable_gqa=True).float().sum().backward()
+    assert seen == [False, True, False, True, False]
+
+
+def test_block_mask_transpose_built_once(monkeypatch):
+    """The dK/dV pass's transposed lists are built on the first backward-bound call and
+    cached on the BlockMask; forward-only calls never build them."""
+    import tritium.ops.block_mask as bm_mod
+
+    calls, real = [], bm_mod.transpose_lists
+    monkeypatch.setattr(bm_mod, "transpose_lists", lambda bm: calls.append(1) or real(bm))
+    q, k, v = qkv(Sq=20, Sk=20, Hk=4, grad=True)
+    bm = full_block_mask(20, 20)
+    with torch.no_grad():
+        tritium.flash_attn_func(q, k, v, block_mask=bm)
+    tritium.flash_attn_func(q.detach(), k.detach(), v.detach(), block_mask=bm)
+    assert calls == []
+    for _ in range(3):
+        tritium.flash_attn_func(q, k, v, block_mask=bm).sum().backward()
+    assert calls == [1]
+    lists = bm.transposed()
+    assert lists.full_kv_num_blocks.tolist() == [[[2, 2]]]  # each key block: both query blocks
+
+
+def test_compile_block_mask_backward():
+    """A BlockMask under torch.compile(fullgraph=True) with a backward (the lazy transpose is
+    traced, no graph break)."""
+    q, k, v = qkv(Sq=20, Sk=20, Hk=4, grad=True)
+    bm = full_block_mask(20, 20)
+    f = torch.compile(lambda q, k, v: tritium.flash_attn_func(q, k, v, block_mask=bm),
+                      fullgraph=True, backend="aot_eager")
+    out = f(q, k, v)
+    got = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    want = torch.autograd.grad(attention_reference(q, k, v), (q, k, v), torch.ones_like(out))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, **TOL)
