@@ -34,3 +34,22 @@ def test_attention_benchmark_smoke(tmp_path):
     # a missing or failing peer is recorded, not fatal
     assert all(r.get("fwd_ms") or r["error"] for r in rows)
     assert "document_over_varlen_time_fwd+bwd" in res["summary"]
+
+
+def test_attn_bwd_sweep_smoke(tmp_path):
+    """The backward sweep under the Triton interpreter: every config checked against the
+    deterministic path, timed, summarized."""
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attn_bwd_sweep.py"),
+                           "--smoke", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "best config per path" in proc.stdout
+    res = json.loads(out.read_text())
+    rows = res["results"]
+    assert {r["path"] for r in rows} == {"atomic", "deterministic"}
+    assert len(rows) == 4 * 3  # (2 S x 2 masks) x (2 atomic + 1 deterministic config)
+    for r in rows:
+        assert r["error"] is None and r["ok"] is True and r["ms"] > 0, r
+        assert max(r["max_abs_err"].values()) < 1e-5  # fp32 under the interpreter
+    assert set(res["best"]) == {"atomic D=32", "deterministic D=32"}
