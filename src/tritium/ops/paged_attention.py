@@ -348,6 +348,11 @@ def paged_attention(
     ks, vs = _scales(k_cache, k_scale, v_scale)
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     if not use_triton(q):
+        if q.device.type == "cpu":  # PyTorch's SDPA kernels; the reference stays the oracle
+            from tritium.ops.paged_attention_cpu import paged_attention_cpu
+
+            return paged_attention_cpu(q, k_cache, v_cache, meta, scale, ks, vs,
+                                       sliding_window)
         return paged_attention_reference(q, k_cache, v_cache, meta, scale, k_scale=ks,
                                          v_scale=vs, sliding_window=sliding_window)
     if q.stride(-1) != 1:
