@@ -15,6 +15,13 @@ varlen sequences and as one sequence with a document block mask (goal: the block
 least as fast as varlen), and a sliding window. Every tritium case is checked against SDPA
 before it is timed (a wrong result is reported, not timed). Each peer runs in try/except: a
 failing or missing peer is recorded in the JSON, not fatal.
+
+tritium rows use the default backward (dQ by fp32 atomics); each has a ``<name>-det`` row with
+``deterministic=True`` (separate dQ kernel, bit-reproducible), checked and timed in backward
+only (``--no-deterministic`` skips them). Backward times replay one forward's graph
+(``retain_graph=True``); compiled FlexAttention then needs AOTAutograd's donated buffers off
+(``torch._functorch.config.donated_buffer = False``, set in ``main`` when FlexAttention is
+compiled), which changes its memory reuse, not its kernels.
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ class BenchConfig:
     # stay within 2x SDPA's own error in cfg.dtype (or rel_floor): the bar flash-attn's tests use.
     rel_floor: float = 5e-3
     modes: tuple = ("fwd", "bwd", "fwd+bwd")
+    deterministic: bool = False  # tritium's backward path (the -det rows set it)
+    deterministic_rows: bool = True  # add a backward-only -det row per tritium row
+    flex_donated_buffer: bool = False  # AOTAutograd donated buffers (off: see the docstring)
 
 
 @dataclass
@@ -153,6 +163,16 @@ def check(runner: Runner, ref, dout: torch.Tensor) -> dict[str, float]:
     return {n: rel_err(g, r) for n, g, r in zip(("out", "dq", "dk", "dv"), got, ref)}
 
 
+def peers_for(kind: str, cfg: BenchConfig) -> list:
+    """PEERS[kind], plus a deterministic-backward twin of each tritium peer."""
+    peers = list(PEERS[kind])
+    if cfg.deterministic_rows:
+        det_cfg = replace(cfg, deterministic=True, modes=("bwd",))
+        peers += [(f"{name}-det", lambda case, base, _cfg, b=build: b(case, base, det_cfg))
+                  for name, build in PEERS[kind] if name.startswith("tritium")]
+    return peers
+
+
 def time_runner(runner: Runner, dout: torch.Tensor, cfg: BenchConfig, bench) -> dict:
     """{mode: ms or an error string}: a mode that fails does not cost the others."""
     dout_l = to_layout(dout, runner.layout)
@@ -192,7 +212,7 @@ def run_case(case: Case, cfg: BenchConfig, bench, deadline: float, rows: list,
     except Exception as e:  # noqa: BLE001 -- record and go on
         ref = sdpa_err = bar = None
         print(f"  reference failed: {e!r}", flush=True)
-    for name, build in PEERS[case.kind]:
+    for name, build in peers_for(case.kind, cfg):
         row = dict(case=case.kind, B=case.B, S=case.S, H=case.H, D=case.D, causal=case.causal,
                    window=case.window, num_docs=len(case.doc_lens) if case.doc_lens else None,
                    peer=name, error=None, rel_err=None, sdpa_rel_err=sdpa_err, correct=None)
@@ -209,7 +229,9 @@ def run_case(case: Case, cfg: BenchConfig, bench, deadline: float, rows: list,
             if name.startswith("tritium") and not row["correct"]:
                 row["error"] = "wrong result (or no reference): not timed"
             else:
-                for mode, t in time_runner(runner, dout, cfg, bench).items():
+                modes = ("bwd",) if name.endswith("-det") else cfg.modes
+                for mode, t in time_runner(runner, dout, replace(cfg, modes=modes),
+                                           bench).items():
                     if isinstance(t, str):
                         row["error"] = f"{row['error'] or ''}{mode}: {t}; "
                         continue
@@ -297,6 +319,8 @@ def parse_args(argv=None) -> tuple[BenchConfig, argparse.Namespace]:
     p.add_argument("--no-compile-flex", action="store_true", help="FlexAttention uncompiled")
     p.add_argument("--flex-static", action="store_true",
                    help="compile FlexAttention with dynamic=False (recompiles per shape)")
+    p.add_argument("--no-deterministic", action="store_true",
+                   help="skip the tritium deterministic-backward (-det) rows")
     a = p.parse_args(argv)
     cfg = BenchConfig()
     if a.quick:
@@ -316,6 +340,8 @@ def parse_args(argv=None) -> tuple[BenchConfig, argparse.Namespace]:
         cfg = replace(cfg, compile_flex=False)
     if a.flex_static:
         cfg = replace(cfg, flex_static=True)
+    if a.no_deterministic:
+        cfg = replace(cfg, deterministic_rows=False)
     return cfg, a
 
 
@@ -325,7 +351,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         for c in cases:
             print(f"{c.label():<60} fwd {c.flops('fwd') / 1e9:9.1f} GFLOP  peers: "
-                  + ", ".join(n for n, _ in PEERS[c.kind]))
+                  + ", ".join(n for n, _ in peers_for(c.kind, cfg)))
         return 0
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         print("no CUDA device: use --smoke for the CPU check", file=sys.stderr)
@@ -337,6 +363,11 @@ def main(argv=None) -> int:
 
         dynamo.config.cache_size_limit = 256
         dynamo.config.accumulated_cache_size_limit = 4096
+        # The bwd mode replays one forward's backward (retain_graph=True), which compiled
+        # graphs with donated buffers refuse; turning them off changes buffer reuse only.
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = cfg.flex_donated_buffer
     bench, rows, builds, t0 = make_bench(cfg), [], [], time.monotonic()
     deadline = t0 + cfg.time_budget_s
     for case in cases:

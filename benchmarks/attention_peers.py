@@ -93,8 +93,8 @@ def tritium_dense(case, base, cfg) -> Runner:
 
     q, k, v = leaves(base, "bshd")
     window = (case.window - 1, 0) if case.window else (-1, -1)
-    return Runner(lambda: flash_attn_func(q, k, v, causal=case.causal, window_size=window),
-                  (q, k, v), "bshd")
+    return Runner(lambda: flash_attn_func(q, k, v, causal=case.causal, window_size=window,
+                                          deterministic=cfg.deterministic), (q, k, v), "bshd")
 
 
 def tritium_block_mask(case, dev):
@@ -114,7 +114,8 @@ def tritium_masked(case, base, cfg) -> Runner:
 
     bm = tritium_block_mask(case, base[0].device)
     q, k, v = leaves(base, "bshd")
-    return Runner(lambda: flash_attn_func(q, k, v, block_mask=bm), (q, k, v), "bshd")
+    return Runner(lambda: flash_attn_func(q, k, v, block_mask=bm,
+                                          deterministic=cfg.deterministic), (q, k, v), "bshd")
 
 
 def tritium_varlen(case, base, cfg) -> Runner:
@@ -122,7 +123,8 @@ def tritium_varlen(case, base, cfg) -> Runner:
 
     q, k, v = leaves(base, "thd")
     cu, L = cu_seqlens(case, q.device), max(case.doc_lens)
-    return Runner(lambda: flash_attn_varlen_func(q, k, v, cu, cu, L, L, causal=case.causal),
+    return Runner(lambda: flash_attn_varlen_func(q, k, v, cu, cu, L, L, causal=case.causal,
+                                                 deterministic=cfg.deterministic),
                   (q, k, v), "thd")
 
 
