@@ -450,9 +450,12 @@ _BWD_CONFIGS = {
 # timed (a guess to be replaced by benchmarks/attn_bwd_sweep.py's H100 results): key tiles of
 # 128 as FlashAttention-2/3's backward, because the fp32 atomic traffic into dQ is
 # Sq * D * 4 B per key tile, i.e. 4 / (10 * BLOCK_N) bytes per FLOP (1.6 TB/s at 500 TFLOP/s
-# with BN = 128); 8 warps to hold the two (BN, D) fp32 accumulators.
+# with BN = 128); 8 warps to hold the two (BN, D) fp32 accumulators; BLOCK_M 64 so that all
+# five matmuls are wgmma (the dQ one has M = BLOCK_M). ptxas (Triton 3.9, sm_90a, bf16):
+# D 128 255 registers + 512 B spilled (the deterministic kernel at this tile: 304 B), D 64
+# 88 B, D 32 none; D 256 (32, 64): 656 B, and its dQ matmul runs as mma.sync.
 _BWD_ATOMIC_CONFIGS = {
-    32: (64, 128, 4, 2),
+    32: (64, 128, 8, 2),
     64: (64, 128, 8, 2),
     128: (64, 128, 8, 2),
     256: (32, 64, 8, 2),
