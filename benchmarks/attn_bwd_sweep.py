@@ -75,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-peer", action="store_true", help="skip SDPA cuDNN")
     p.add_argument("--time-budget", type=float, default=210.0,
                    help="seconds; configs left when it is spent are recorded as skipped")
-    p.add_argument("--precompile", type=int, default=8,
-                   help="worker processes that compile every variant first (0: off)")
+    p.add_argument("--precompile", type=int, default=None,
+                   help="worker processes that compile every variant first (0: off; default "
+                        "8 on a GPU, 0 in --smoke)")
     p.add_argument("--smoke", action="store_true",
                    help="CPU under TRITON_INTERPRET=1: tiny shapes, fp32, two configs")
     return p.parse_args(argv)
@@ -110,14 +111,18 @@ def main(argv=None) -> int:
     print(json.dumps(env), flush=True)
 
     head_dims = sorted(head_dims, reverse=True)  # D 128 (the headline) first
-    if args.precompile > 0 and dev.type == "cuda":
-        tasks = [(D, causal, min(seqlens), tokens, hidden, path, cfg)
+    workers = args.precompile if args.precompile is not None else \
+        (8 if dev.type == "cuda" else 0)
+    if workers > 0:
+        tasks = [(D, causal, min(seqlens), tokens, hidden, path, cfg, str(dev), str(dtype))
                  for D in head_dims for causal in causals
                  for path, cfg in plan_for(args, D, bwd_config)]
-        print(f"precompiling {len(tasks)} variants in {args.precompile} processes", flush=True)
-        rows_pre = precompile(tasks, args.precompile)
-        print(f"  done in {time.monotonic() - t0:.0f} s; failures: "
-              f"{[r for r in rows_pre if r] or 'none'}", flush=True)
+        print(f"precompiling {len(tasks)} variants in {workers} processes", flush=True)
+        errors = precompile(tasks, workers, timeout=0.6 * args.time_budget)
+        env["precompile"] = dict(workers=workers, tasks=len(tasks),
+                                 seconds=time.monotonic() - t0, errors=errors)
+        print(f"  done in {time.monotonic() - t0:.0f} s; errors: {errors or 'none'}",
+              flush=True)
     for D in head_dims:
         plan = plan_for(args, D, bwd_config)
         for causal in causals:
@@ -193,7 +198,7 @@ def make_case(torch, D, causal, S, tokens, hidden, dev, dtype):
 def _compile_task(task) -> str | None:
     """Worker: run one (head dim, causal, path, config) once, so that Triton compiles it into
     its on-disk cache. Returns None, or the error in one line."""
-    D, causal, S, tokens, hidden, path, cfg = task
+    D, causal, S, tokens, hidden, path, cfg, device, dtype = task
     try:
         import torch
 
@@ -201,27 +206,31 @@ def _compile_task(task) -> str | None:
         from tritium.kernels.flash_attn_bwd import flash_attn_bwd
 
         _, (q, k, v, do), _, _ = make_case(torch, D, causal, S, tokens, hidden,
-                                           torch.device("cuda"), torch.bfloat16)
+                                           torch.device(device),
+                                           getattr(torch, dtype.removeprefix("torch.")))
         kw = dict(softmax_scale=D ** -0.5, causal=causal)
         out, lse = flash_attn_fwd(q, k, v, **kw)
         flash_attn_bwd(do, q, k, v, out, lse, deterministic=path == "deterministic",
                        config=cfg, **kw)
         flash_attn_bwd(do, q, k, v, out, lse, deterministic=True, **kw)  # the reference
-        torch.cuda.synchronize()
+        if q.is_cuda:
+            torch.cuda.synchronize()
         return None
     except Exception as e:  # noqa: BLE001 -- the main process will compile it (or fail) itself
-        return f"{task}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        return f"{task[:7]}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
-def precompile(tasks: list, workers: int) -> list:
-    """Run ``_compile_task`` over the tasks in spawned processes; [error or None] per task."""
+def precompile(tasks: list, workers: int, timeout: float) -> list[str]:
+    """Run ``_compile_task`` over the tasks in spawned processes (a worker that dies or hangs
+    cannot stall the sweep past ``timeout`` seconds); returns the errors."""
     import multiprocessing as mp
 
     try:
         with mp.get_context("spawn").Pool(min(workers, len(tasks))) as pool:
-            return pool.map(_compile_task, tasks, chunksize=1)
+            res = pool.map_async(_compile_task, tasks, chunksize=1).get(timeout)
+        return [r for r in res if r]
     except Exception as e:  # noqa: BLE001 -- precompiling is an optimisation only
-        return [f"precompile failed: {type(e).__name__}: {e}"]
+        return [f"precompile stopped: {type(e).__name__}: {e}"]
 
 
 def measure(row, run, det, cfg, ref, bench, flops, torch) -> None:

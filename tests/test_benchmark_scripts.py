@@ -41,12 +41,12 @@ def test_attention_benchmark_smoke(tmp_path):
 
 
 def test_attn_bwd_sweep_smoke(tmp_path):
-    """The backward sweep under the Triton interpreter: every config checked against the
-    deterministic path, timed, summarized."""
+    """The backward sweep under the Triton interpreter: the precompile workers run, every
+    config is checked against the deterministic path, timed, summarized."""
     out = tmp_path / "sweep.json"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attn_bwd_sweep.py"),
-                           "--smoke", "--out", str(out)], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+                           "--smoke", "--precompile", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "best config per path" in proc.stdout
     res = json.loads(out.read_text())
@@ -57,3 +57,4 @@ def test_attn_bwd_sweep_smoke(tmp_path):
         assert r["error"] is None and r["ok"] is True and r["ms"] > 0, r
         assert max(r["max_abs_err"].values()) < 1e-5  # fp32 under the interpreter
     assert set(res["best"]) == {"atomic D=32", "deterministic D=32"}
+    assert res["environment"]["precompile"]["errors"] == []
