@@ -22,7 +22,7 @@ With P = softmax(S) recomputed from the saved log-sum-exp, the gradients are
 
 Masks are those of the forward (kernels/flash_attn.py). For block masks the dK/dV pass needs the
 lists transposed (per key block, the query blocks that see it): ``BlockMask.transposed()``
-(ops/block_mask.py, cached on the mask) builds them, and the launcher takes both.
+(ops/block_mask.py) builds them once per mask, and the launcher takes both.
 """
 
 from __future__ import annotations
@@ -508,7 +508,8 @@ def flash_attn_bwd(
 
     dout/out share q's shape; lse (and dlse, the gradient of the returned lse, if any) are the
     forward's (B, Hq, Sq) or (Hq, Tq) fp32. Every tensor needs stride 1 in its last dim.
-    With ``block_mask``, ``block_mask_t`` is its transpose (``BlockMask.transposed()``).
+    With ``block_mask``, ``block_mask_t`` is its transpose (``transpose_block_mask`` in
+    ops/attention_reference.py, cached on a BlockMask).
     ``deterministic=False`` (default): one dK/dV kernel that also adds dQ into an fp32 buffer
     (B, Sq, Hq, D) by atomics (5 tile matmuls per tile pair; dQ's last bits may vary run to
     run); True: separate dK/dV and dQ kernels, bit-reproducible (7 matmuls). ``config``
