@@ -115,6 +115,10 @@ class EngineConfig:
             outputs carry token ids and empty text, stop strings are refused. Implied by
             models without a tokenizer (``random:<preset>``).
         scheduler / cache: see :class:`SchedulerConfig` and :class:`CacheConfig`.
+        enforce_eager: never use CUDA graphs (vLLM's flag); CPU always runs eagerly.
+        max_cudagraph_capture_size: decode steps of up to this many sequences replay a CUDA
+            graph (captured at start-up for 1, 2, 4, 8, 16, 24, ... up to it); larger ones run
+            eagerly. None = min(max_num_seqs, 512).
     """
 
     model: str | None = None
@@ -126,8 +130,14 @@ class EngineConfig:
     skip_tokenizer_init: bool = False
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    enforce_eager: bool = False
+    max_cudagraph_capture_size: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.enforce_eager, bool):
+            raise TypeError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
+        _positive_int("max_cudagraph_capture_size", self.max_cudagraph_capture_size,
+                      allow_none=True)
         if self.dtype not in MODEL_DTYPES:
             raise ValueError(f"dtype must be one of {MODEL_DTYPES}, got {self.dtype!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):

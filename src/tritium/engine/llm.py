@@ -37,6 +37,8 @@ class LLM:
         seed: the engine's own seed.
         skip_tokenizer_init: no tokenizer: prompts are token ids, outputs have empty text
             (implied by models without one, e.g. "random:llama3-8b").
+        enforce_eager, max_cudagraph_capture_size: CUDA graphs for decode steps (on by
+            default on CUDA; see ``EngineConfig``).
     """
 
     def __init__(
@@ -57,10 +59,13 @@ class LLM:
         max_num_batched_tokens: int = 8192,
         max_model_len: int | None = None,
         skip_tokenizer_init: bool = False,
+        enforce_eager: bool = False,
+        max_cudagraph_capture_size: int | None = None,
     ) -> None:
         config = EngineConfig(
             model=model, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed,
-            skip_tokenizer_init=skip_tokenizer_init,
+            skip_tokenizer_init=skip_tokenizer_init, enforce_eager=enforce_eager,
+            max_cudagraph_capture_size=max_cudagraph_capture_size,
             scheduler=SchedulerConfig(
                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                 max_model_len=max_model_len,

@@ -1,15 +1,19 @@
 """Turns one ``SchedulerOutput`` into tensors, runs the model, samples.
 
-Per step: pack the scheduled sequences' new tokens (sequence i's rows follow sequence i-1's),
-build ``AttentionMetadata`` once (slot mapping, block tables, lengths), run
-``model.forward_paged`` over the paged KV cache, compute logits only for the rows that sample
-(plus prompt rows of requests that asked for prompt logprobs), and sample. One host sync per
-step, at the end.
+Per step: pack the scheduled sequences' new tokens on the host (one-token sequences first, so
+attention runs them on the split-KV decode kernel and the rest on the prefill kernel; sequence
+i's rows follow sequence i-1's), build ``AttentionMetadata`` once (slot mapping, block tables,
+lengths), run ``model.forward_paged`` over the paged KV cache, compute logits only for the rows
+that sample (plus prompt rows of requests that asked for prompt logprobs), and sample. One host
+sync per step, at the end. On CUDA, decode-only steps of up to ``max_cudagraph_capture_size``
+sequences replay a CUDA graph instead (engine/cuda_graphs.py) unless ``enforce_eager``.
 
 The KV cache is one (k_cache, v_cache) pair per layer, each (num_blocks, block_size, Hk, D). Its
 size: ``CacheConfig.num_kv_blocks`` when set; on CUDA, what ``gpu_memory_utilization`` of the
 card leaves after the weights and a profiling forward of a full token budget; on CPU,
-``CacheConfig.cpu_kv_cache_gb`` gigabytes.
+``CacheConfig.cpu_kv_cache_gb`` gigabytes; with CUDA graphs, minus what the graphs will hold.
+One block more than that is allocated: the scratch block of the graphs' padding rows, never
+handed to the scheduler.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 from tritium.engine.config import EngineConfig
+from tritium.engine.cuda_graphs import DecodeGraphRunner
 from tritium.engine.logprobs import TokenLogprobs, compute_prompt_logprobs
 from tritium.engine.sampler import Sampler, SamplingMetadata
 from tritium.engine.scheduler import SchedulerOutput
@@ -47,6 +52,79 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return _DTYPES[dtype]
+
+
+@dataclass
+class StepInputs:
+    """One step packed on the host: one-token sequences first (rows 0..num_decodes-1)."""
+
+    input_ids: np.ndarray  # (T,) int64
+    positions: np.ndarray  # (T,) int64
+    slot_mapping: np.ndarray  # (T,) int64
+    seq_lens: np.ndarray  # (N,) int32, packed order
+    block_tables: np.ndarray  # (N, most blocks of any sequence) int32, 0-padded
+    cu_seqlens_q: np.ndarray  # (N+1,) int32
+    num_decodes: int  # sequences with one new token, packed first
+    row_ends: list[int]  # per out.scheduled entry (scheduler order): its last row + 1
+
+    @property
+    def decode_only(self) -> bool:
+        return self.num_decodes == len(self.seq_lens)
+
+    def metadata(self, device: torch.device) -> AttentionMetadata:
+        q_lens = np.diff(self.cu_seqlens_q)
+        return AttentionMetadata(
+            slot_mapping=torch.from_numpy(self.slot_mapping).to(device, non_blocking=True),
+            block_tables=torch.from_numpy(self.block_tables).to(device, non_blocking=True),
+            seq_lens=torch.from_numpy(self.seq_lens).to(device, non_blocking=True),
+            cu_seqlens_q=torch.from_numpy(self.cu_seqlens_q).to(device, non_blocking=True),
+            max_seqlen_q=int(q_lens.max()), max_seqlen_k=int(self.seq_lens.max()),
+            decode_only=self.decode_only, num_decode_tokens=self.num_decodes,
+        )
+
+
+def pack_step(out: SchedulerOutput, block_size: int) -> StepInputs:
+    """Pack ``out.scheduled`` for the model: one-token sequences first, each group in order."""
+    sched = out.scheduled
+    bs = block_size
+    order = sorted(range(len(sched)), key=lambda i: sched[i].num_new_tokens != 1)  # stable
+    n = len(sched)
+    tables = np.zeros((n, max(len(s.block_table) for s in sched)), dtype=np.int32)
+    lens = np.empty(n, dtype=np.int32)
+    cu = np.empty(n + 1, dtype=np.int32)
+    cu[0] = 0
+    ids: list[int] = []
+    dec_pos: list[int] = []
+    dec_slots: list[int] = []
+    pos_parts: list[np.ndarray] = []
+    slot_parts: list[np.ndarray] = []
+    row_ends = [0] * n
+    num_decodes = 0
+    for r, i in enumerate(order):
+        s = sched[i]
+        table = s.block_table
+        tables[r, : len(table)] = table
+        lens[r] = s.seq_len
+        cu[r + 1] = cu[r] + s.num_new_tokens
+        row_ends[i] = int(cu[r + 1])
+        if s.num_new_tokens == 1:  # plain ints: most steps are all decodes
+            p = s.num_computed_tokens
+            ids.append(s.seq.token_ids[p])
+            dec_pos.append(p)
+            dec_slots.append(table[p // bs] * bs + p % bs)
+            num_decodes += 1
+        else:
+            ids.extend(s.token_ids)
+            p = np.arange(s.num_computed_tokens, s.seq_len, dtype=np.int64)
+            pos_parts.append(p)
+            slot_parts.append(np.asarray(table, dtype=np.int64)[p // bs] * bs + p % bs)
+    return StepInputs(
+        input_ids=np.asarray(ids, dtype=np.int64),
+        positions=np.concatenate([np.asarray(dec_pos, dtype=np.int64), *pos_parts]),
+        slot_mapping=np.concatenate([np.asarray(dec_slots, dtype=np.int64), *slot_parts]),
+        seq_lens=lens, block_tables=tables, cu_seqlens_q=cu, num_decodes=num_decodes,
+        row_ends=row_ends,
+    )
 
 
 @dataclass
@@ -77,13 +155,37 @@ class ModelRunner:
         self.kv_dtype = resolve_kv_cache_dtype(config.cache.kv_cache_dtype, self.dtype)
         self.max_model_len = config.scheduler.max_model_len or mc.max_position_embeddings
         self.max_num_batched_tokens = config.scheduler.max_num_batched_tokens
+        self.max_num_seqs = config.scheduler.max_num_seqs
+        # CUDA graphs for decode steps of up to this many sequences; None = always eager
+        self.cudagraph_capture_size = None
+        if self.device.type == "cuda" and not config.enforce_eager:
+            cap = config.max_cudagraph_capture_size or 512
+            self.cudagraph_capture_size = min(cap, self.max_num_seqs)
         num_blocks = config.cache.num_kv_blocks or self._num_blocks_from_memory(config)
         self.num_kv_blocks = num_blocks
-        self.kv_caches = self._allocate_kv_caches(num_blocks)
+        self.scratch_block = num_blocks  # the extra block: padding rows of graph batches
+        self.kv_caches = self._allocate_kv_caches(num_blocks + 1)
         logger.info(
             "KV cache: %d blocks of %d tokens (%d tokens, %.2f GiB, %s) on %s",
             num_blocks, self.block_size, num_blocks * self.block_size,
             self.kv_cache_bytes(num_blocks) / 2**30, self.kv_dtype, self.device,
+        )
+        self.decode_graphs: DecodeGraphRunner | None = None
+        if self.cudagraph_capture_size is not None:
+            self.decode_graphs = self.make_decode_graphs(self.cudagraph_capture_size, True)
+            self.decode_graphs.capture()
+
+    def make_decode_graphs(self, max_batch_size: int, use_cuda_graphs: bool,
+                           kv_caches: list | None = None, scratch_block: int | None = None
+                           ) -> DecodeGraphRunner:
+        """A decode graph runner over this model and cache (``use_cuda_graphs=False``: the
+        padded static-buffer path run eagerly, which CPU tests install as ``decode_graphs``)."""
+        return DecodeGraphRunner(
+            self.model.forward_paged, kv_caches or self.kv_caches,
+            max_batch_size=max_batch_size, max_model_len=self.max_model_len,
+            block_size=self.block_size,
+            scratch_block=self.scratch_block if scratch_block is None else scratch_block,
+            use_cuda_graphs=use_cuda_graphs,
         )
 
     # -- KV cache ----------------------------------------------------------------------------
@@ -110,10 +212,11 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         self._profile_forward()
         peak = torch.cuda.max_memory_allocated(self.device)
+        graphs = self._graph_memory_reserve() if self.cudagraph_capture_size else 0
         free, total = torch.cuda.mem_get_info(self.device)
         used_by_others = total - free - torch.cuda.memory_reserved(self.device)
-        budget = total * config.cache.gpu_memory_utilization - peak - used_by_others
-        num_blocks = int(budget // self.kv_cache_bytes(1))
+        budget = total * config.cache.gpu_memory_utilization - peak - used_by_others - graphs
+        num_blocks = int(budget // self.kv_cache_bytes(1)) - 1  # - 1: the scratch block
         if num_blocks < 1:
             raise ValueError(
                 f"no GPU memory left for the KV cache (budget {budget / 2**30:.2f} GiB after "
@@ -142,71 +245,71 @@ class ModelRunner:
         del caches, hidden
         torch.cuda.synchronize(self.device)
 
+    @torch.inference_mode()
+    def _graph_memory_reserve(self) -> int:
+        """Bytes the decode graphs will hold outside the caching allocator's shared pool: the
+        largest size's activations (its private pool, reused by the smaller sizes), the static
+        buffers and every size's output, plus a margin for pool rounding and graph objects."""
+        caches = self._allocate_kv_caches(1)
+        runner = self.make_decode_graphs(self.cudagraph_capture_size, False, caches, 0)
+        torch.cuda.synchronize(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        hidden = runner._forward(runner.max_batch_size)
+        activations = torch.cuda.max_memory_allocated(self.device) - base
+        outputs = sum(runner.sizes) * hidden.shape[-1] * hidden.element_size()
+        reserve = int(1.25 * activations) + runner.static_bytes() + outputs + 64 * 2**20
+        logger.info("reserving %.0f MiB for decode CUDA graphs up to batch %d",
+                    reserve / 2**20, runner.max_batch_size)
+        del caches, runner, hidden
+        return reserve
+
     # -- one step ----------------------------------------------------------------------------
 
-    def _prepare(
-        self, out: SchedulerOutput
-    ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        bs = self.block_size
-        ids: list[int] = []
-        positions: list[np.ndarray] = []
-        slots: list[np.ndarray] = []
-        cu = [0]
-        lens = []
-        max_blocks = max(len(s.block_table) for s in out.scheduled)
-        tables = np.zeros((len(out.scheduled), max_blocks), dtype=np.int32)
-        for i, s in enumerate(out.scheduled):
-            ids.extend(s.token_ids)
-            pos = np.arange(s.num_computed_tokens, s.seq_len, dtype=np.int64)
-            table = np.asarray(s.block_table, dtype=np.int64)
-            positions.append(pos)
-            slots.append(table[pos // bs] * bs + pos % bs)
-            tables[i, : len(table)] = table
-            cu.append(cu[-1] + s.num_new_tokens)
-            lens.append(s.seq_len)
+    def _forward(self, inp: StepInputs) -> torch.Tensor:
+        """hidden (T, hidden) of the packed rows: a graph replay for decode-only steps that
+        fit one, else the eager forward."""
+        graphs = self.decode_graphs
+        n = len(inp.seq_lens)
+        if (graphs is not None and inp.decode_only and graphs.size_for(n) is not None
+                and inp.block_tables.shape[1] <= graphs.max_blocks):
+            return graphs.run(inp.input_ids, inp.positions, inp.slot_mapping, inp.seq_lens,
+                              inp.block_tables)
         dev = self.device
-        meta = AttentionMetadata(
-            slot_mapping=torch.from_numpy(np.concatenate(slots)).to(dev, non_blocking=True),
-            block_tables=torch.from_numpy(tables).to(dev, non_blocking=True),
-            seq_lens=torch.tensor(lens, dtype=torch.int32).to(dev, non_blocking=True),
-            cu_seqlens_q=torch.tensor(cu, dtype=torch.int32).to(dev, non_blocking=True),
-            max_seqlen_q=max(s.num_new_tokens for s in out.scheduled),
-            max_seqlen_k=max(lens),
-            decode_only=out.decode_only,
-        )
-        input_ids = torch.tensor(ids, dtype=torch.long).to(dev, non_blocking=True)
-        pos_t = torch.from_numpy(np.concatenate(positions)).to(dev, non_blocking=True)
-        return input_ids, pos_t, meta
+        input_ids = torch.from_numpy(inp.input_ids).to(dev, non_blocking=True)
+        positions = torch.from_numpy(inp.positions).to(dev, non_blocking=True)
+        return self.model.forward_paged(input_ids, positions, self.kv_caches,
+                                        inp.metadata(dev))
 
-    def _prompt_logprob_rows(self, out: SchedulerOutput):
+    def _prompt_logprob_rows(self, out: SchedulerOutput, row_ends: list[int]):
         """Rows whose logits score the next prompt token, for requests with prompt_logprobs."""
         rows, targets, spans = [], [], []
-        start = 0
-        for s in out.scheduled:
+        for s, end in zip(out.scheduled, row_ends):
             k = s.seq.sampling_params.prompt_logprobs
             last = min(s.seq_len, s.seq.num_prompt_tokens - 1)  # positions < last have a target
             if k is not None and s.num_computed_tokens < last:
                 first = s.num_computed_tokens
                 n = last - first
+                start = end - s.num_new_tokens
                 rows.extend(range(start, start + n))
                 targets.extend(s.seq.token_ids[first + 1 : last + 1])
                 spans.append((s.seq.seq_id, first, n, k))
-            start += s.num_new_tokens
         return rows, targets, spans
 
     @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> StepResult:
         """Compute ``out.scheduled``, sample one token per ``out.sampling`` entry."""
-        input_ids, positions, meta = self._prepare(out)
-        hidden = self.model.forward_paged(input_ids, positions, self.kv_caches, meta)
-        sample_rows, start = [], 0
-        for s in out.scheduled:
-            start += s.num_new_tokens
-            if s.sample:
-                sample_rows.append(start - 1)  # the chunk's last token predicts the next one
-        pl_rows, pl_targets, pl_spans = self._prompt_logprob_rows(out)
-        rows = torch.tensor(sample_rows + pl_rows, dtype=torch.long).to(self.device)
-        logits = self.model.compute_logits(hidden.index_select(0, rows)).float()
+        inp = pack_step(out, self.block_size)
+        hidden = self._forward(inp)
+        # the chunk's last token predicts the next one; out.sampling order
+        sample_rows = [end - 1 for s, end in zip(out.scheduled, inp.row_ends) if s.sample]
+        pl_rows, pl_targets, pl_spans = self._prompt_logprob_rows(out, inp.row_ends)
+        if not pl_rows and len(sample_rows) == hidden.shape[0] == inp.num_decodes:
+            logits = self.model.compute_logits(hidden)  # every row samples, in order
+        else:
+            rows = torch.tensor(sample_rows + pl_rows, dtype=torch.long).to(self.device)
+            logits = self.model.compute_logits(hidden.index_select(0, rows))
+        logits = logits.float()
         sampled_ids: list[int] = []
         logprobs = None
         if sample_rows:
