@@ -128,6 +128,7 @@ def _build_llm(args: argparse.Namespace) -> Any:
         cpu_kv_cache_gb=args.cpu_kv_cache_gb, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         skip_tokenizer_init=not args.detokenize,
+        enforce_eager=getattr(args, "enforce_eager", False),
     )
 
 
@@ -280,7 +281,8 @@ def format_table(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines.append(f"device: {env['device_name']}, torch threads {env['torch_threads']}, "
                  f"model {report['config']['model'] or 'embedded SmolLM2-135M'}, "
-                 f"dtype {env['dtype']}")
+                 f"dtype {env['dtype']}"
+                 + (", enforce_eager" if report["config"].get("enforce_eager") else ""))
     return "\n".join(lines)
 
 

@@ -64,6 +64,8 @@ def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--kv-cache-dtype", default="auto")
     e.add_argument("--no-enable-prefix-caching", dest="enable_prefix_caching",
                    action="store_false", help="random prompts share no prefixes anyway")
+    e.add_argument("--enforce-eager", action="store_true",
+                   help="no CUDA graphs for decode steps (vLLM's flag; CPU is always eager)")
     e.add_argument("--detokenize", action="store_true",
                    help="detokenize outputs (off by default: the peers do not decode either)")
     e.add_argument("--threads", type=positive_int, default=None,
