@@ -26,17 +26,26 @@ import torch.nn.functional as F
 from tritium.ops.paged_attention import AttentionMetadata
 
 
-def _gather(cache: torch.Tensor, tables: torch.Tensor, scale: float, dtype: torch.dtype
+def _gather(cache: torch.Tensor, tables: torch.Tensor, scale: float, dtype: torch.dtype,
+            zero_blocks: torch.Tensor | None = None, zero_slots: torch.Tensor | None = None
             ) -> torch.Tensor:
-    """cache (nb, bs, Hk, D), tables (N, nblk) -> (N, nblk * bs, Hk, D) in ``dtype``."""
+    """cache (nb, bs, Hk, D), tables (N, nblk) -> (N, nblk * bs, Hk, D) in ``dtype``.
+
+    ``zero_blocks`` (flat indices into N * nblk) and ``zero_slots`` (flat indices into
+    N * nblk * bs) are set to zero after the gather.
+    """
     n, nblk = tables.shape
     bs = cache.shape[1]
     out = cache.index_select(0, tables.reshape(-1).long())  # (N * nblk, bs, Hk, D)
-    out = out.view(n, nblk * bs, *cache.shape[2:])
     if out.dtype != dtype:
         out = out.to(dtype)
     if scale != 1.0:
         out = out * scale
+    if zero_blocks is not None and zero_blocks.numel():
+        out.index_fill_(0, zero_blocks, 0.0)
+    out = out.view(n, nblk * bs, *cache.shape[2:])
+    if zero_slots is not None and zero_slots.numel():
+        out.view(n * nblk * bs, -1).index_fill_(0, zero_slots, 0.0)
     return out
 
 
@@ -62,11 +71,15 @@ def paged_attention_cpu(
         t = torch.arange(nblk * bs)
         lens_t = meta.seq_lens[:nd].long()[:, None]
         visible = t[None, :] < lens_t  # (nd, S')
-        # slots past a sequence's end may hold anything (stale or NaN): zero them, since a
-        # masked score still multiplies its value row
-        past = ~visible[:, :, None, None]
-        k = _gather(k_cache, tables, k_scale, q.dtype).masked_fill_(past, 0.0).transpose(1, 2)
-        v = _gather(v_cache, tables, v_scale, q.dtype).masked_fill_(past, 0.0).transpose(1, 2)
+        # Slots past a sequence's end may hold anything (stale, NaN), and a masked score
+        # still multiplies its value row, so they are zeroed after the gather: whole padding
+        # blocks, then the unwritten tail of each last block (< bs slots per sequence). Cheaper
+        # than a masked pass over everything.
+        own = (lens_t + bs - 1) // bs  # (nd, 1) blocks in use
+        pad = (torch.arange(nblk)[None, :] >= own).reshape(-1).nonzero()[:, 0]
+        tail = (~visible & (t[None, :] < own * bs)).reshape(-1).nonzero()[:, 0]
+        k = _gather(k_cache, tables, k_scale, q.dtype, pad, tail).transpose(1, 2)
+        v = _gather(v_cache, tables, v_scale, q.dtype, pad, tail).transpose(1, 2)
         if sliding_window is not None:  # the new token sits at L - 1
             visible &= t[None, :] > lens_t - 1 - sliding_window
         qd = q[:nd].view(nd, Hk, G, D)  # each KV head's query heads as G queries
