@@ -11,10 +11,12 @@ bit-reproducible), whatever ``deterministic`` says: on an H100 they measured fas
 5-matmul kernel that adds dQ with fp32 atomics (kernels/flash_attn_bwd.py,
 ``ATOMIC_DQ_DEFAULT``; setting it True makes ``deterministic=False`` take the atomic path).
 
-All three go through two ``torch.library`` custom ops, ``tritium::flash_attn_fwd`` and
-``tritium::flash_attn_bwd``, with fake (meta) kernels and registered autograd, so
-``torch.compile(fullgraph=True)`` traces them without graph breaks. Inside the ops, CUDA tensors
-run the Triton kernels, CPU tensors the fp32 reference (or the kernels under
+Under ``torch.compile`` all three go through two ``torch.library`` custom ops,
+``tritium::flash_attn_fwd`` and ``tritium::flash_attn_bwd``, with fake (meta) kernels and
+registered autograd, so ``torch.compile(fullgraph=True)`` traces them without graph breaks;
+eager calls run the same implementation through a plain ``autograd.Function`` (or directly
+when nothing needs a gradient), which costs far less host time per call. Either way CUDA
+tensors run the Triton kernels, CPU tensors the fp32 reference (or the kernels under
 ``TRITON_INTERPRET=1``): see ``ops/_dispatch.py``. The math is in ``attention_reference.py``.
 """
 
@@ -73,8 +75,7 @@ def _lse_shape(q: Tensor, varlen: bool) -> tuple[int, ...]:
 
 # -- custom ops ------------------------------------------------------------------------------
 
-@torch.library.custom_op("tritium::flash_attn_fwd", mutates_args=())
-def _fwd_op(
+def _fwd_impl(
     q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool,
     window_left: int | None, window_right: int | None, softcap: float, bottom_right: bool,
@@ -107,14 +108,16 @@ def _fwd_op(
     return out.contiguous(), lse.float().contiguous()
 
 
+_fwd_op = torch.library.custom_op("tritium::flash_attn_fwd", mutates_args=())(_fwd_impl)
+
+
 @_fwd_op.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, *args):
     lse = q.new_empty(_lse_shape(q, cu_seqlens_q is not None), dtype=torch.float32)
     return q.new_empty(q.shape), lse
 
 
-@torch.library.custom_op("tritium::flash_attn_bwd", mutates_args=())
-def _bwd_op(
+def _bwd_impl(
     dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
     dlse: Tensor | None, cu_seqlens_q: Tensor | None, cu_seqlens_k: Tensor | None,
     max_seqlen_q: int, max_seqlen_k: int, softmax_scale: float, causal: bool,
@@ -151,6 +154,9 @@ def _bwd_op(
     return tuple(res)
 
 
+_bwd_op = torch.library.custom_op("tritium::flash_attn_bwd", mutates_args=())(_bwd_impl)
+
+
 @_bwd_op.register_fake
 def _(dout, q, k, v, *args):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
@@ -165,7 +171,7 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dout, dlse):
+def _grads(ctx, dout, dlse, bwd):
     q, k, v, out, lse, cu_q, cu_k, *mask = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(out)
@@ -173,12 +179,34 @@ def _backward(ctx, dout, dlse):
         dout = dout.contiguous()
     if dlse is not None and dlse.stride() != lse.stride():  # e.g. expanded by lse.sum()
         dlse = dlse.contiguous()
-    dq, dk, dv = _bwd_op(dout, q, k, v, out, lse, dlse, cu_q, cu_k, *ctx.params, mask,
-                         *ctx.blocks)
+    return bwd(dout, q, k, v, out, lse, dlse, cu_q, cu_k, *ctx.params, mask, *ctx.blocks)
+
+
+def _backward(ctx, dout, dlse):
+    dq, dk, dv = _grads(ctx, dout, dlse, _bwd_op)
     return dq, dk, dv, *([None] * 10), [None] * ctx.num_mask, None, None, None
 
 
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerFlashAttn(torch.autograd.Function):
+    """The same forward/backward as the custom ops, without the ``torch.library`` dispatch.
+
+    A custom op call costs ~100-300 us of host time (dispatcher, autograd wrapper, schema
+    checks), more than the kernel itself for short sequences; eager calls that need autograd
+    come here, ``torch.compile`` traces the custom ops (``_run`` picks)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out, lse = _fwd_impl(*inputs)
+        _setup_context(ctx, inputs, (out, lse))
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        dq, dk, dv = _grads(ctx, dout, dlse, _bwd_impl)
+        return dq, dk, dv, *([None] * 14)
 
 
 # -- public API ------------------------------------------------------------------------------
@@ -192,8 +220,14 @@ def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, causal, window, softcap, bott
         blocks = (block_mask.q_block_size, block_mask.kv_block_size)
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
             mask += list(block_mask.transposed())  # built once per BlockMask, then cached
-    out, lse = _fwd_op(q, k, v, cu_q, cu_k, max_q, max_k, check_scale(scale), causal, left,
-                       right, float(softcap), bottom_right, mask, *blocks, deterministic)
+    args = (q, k, v, cu_q, cu_k, max_q, max_k, check_scale(scale), causal, left, right,
+            float(softcap), bottom_right, mask, *blocks, deterministic)
+    if torch.compiler.is_compiling():
+        out, lse = _fwd_op(*args)
+    elif torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out, lse = _EagerFlashAttn.apply(*args)
+    else:  # nothing to differentiate: the implementation itself
+        out, lse = _fwd_impl(*args)
     return (out, lse) if return_lse else out
 
 
