@@ -44,6 +44,11 @@ MASKS = [  # (name, B, H, Sq, Sk, q_block, kv_block)
     ("random", 2, 1, 77, 101, 32, 16),
     ("random", 1, 3, 45, 70, 16, 32),
     ("random", 2, 3, 40, 40, 32, 32),
+    # Sk a multiple of the key block: the forward's flat listed-block loops (full and
+    # partial), incl. a partial last query tile and key blocks of two kernel tiles
+    ("document", 1, 1, 96, 96, 16, 16),
+    ("random", 1, 3, 77, 96, 32, 32),
+    ("random", 2, 1, 50, 128, 32, 64),  # key blocks of 64 = two 32-key kernel tiles
 ]
 
 

@@ -48,6 +48,65 @@ def _visible(rows, cols, seqlen_k, diag_lo, diag_hi,
 
 
 @triton.jit
+def _fwd_tile(
+    acc, l_i, m_i, q, k_base, v_base, start_n, stride_kn, stride_vn, k_offs, v_offs, d_ok,
+    tile_ptrs, offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
+    softcap_log2, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+    HAS_TILE: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+):
+    """One key tile [start_n, start_n + BN): update (acc, l_i, m_i) with the online softmax.
+
+    ``k_offs``/``v_offs`` (BN, D_PAD) = row * stride + d and ``d_ok`` (1, D_PAD) = d < HEAD_DIM
+    are hoisted by the caller; with HAS_TILE, ``tile_ptrs`` points at this tile's (BM, BN)
+    window of the element mask."""
+    if not MASKED:
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+    n64 = tl.cast(start_n, tl.int64)
+    k_ptrs = k_base + n64 * stride_kn + k_offs
+    v_ptrs = v_base + n64 * stride_vn + v_offs
+    if MASKED:
+        kv_mask = (offs_n[:, None] < seqlen_k - start_n) & d_ok
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+    elif EVEN_D:
+        k = tl.load(k_ptrs)
+    else:
+        k = tl.load(k_ptrs, mask=d_ok, other=0.0)
+    # -- scores: (BM, BN) fp32. Without a cap the scale (> 0, checked by the API) is
+    # applied after the row max, so that scaling and subtracting the max is one FMA --
+    s = tl.dot(q, tl.trans(k))
+    if SOFTCAP:
+        s = _tanh(s * softcap_scale) * softcap_log2  # base-2 logits
+        row_scale = 1.0
+    else:
+        row_scale = qk_scale
+    if MASKED:
+        ok = _visible(offs_m[:, None], (start_n + offs_n)[None, :], seqlen_k, diag_lo,
+                      diag_hi, HAS_LEFT, HAS_RIGHT)
+        if HAS_TILE:
+            ok = ok & (tl.load(tile_ptrs) != 0)
+        s = tl.where(ok, s, float("-inf"))
+    # -- online softmax (base 2) --
+    m_new = tl.maximum(m_i, tl.max(s, 1) * row_scale)
+    if MASKED:  # a row with nothing visible yet keeps m = -inf: subtract 0, not -inf
+        m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new_safe = m_new
+    p = tl.math.exp2(s * row_scale - m_new_safe[:, None])
+    alpha = tl.math.exp2(m_i - m_new_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if MASKED:
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    elif EVEN_D:
+        v = tl.load(v_ptrs)
+    else:
+        v = tl.load(v_ptrs, mask=d_ok, other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _fwd_loop(
     acc, l_i, m_i, q, k_base, v_base, lo, hi, stride_kn, stride_vn, k_offs, v_offs, d_ok,
     tile_ptrs, offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
@@ -55,56 +114,44 @@ def _fwd_loop(
     HAS_TILE: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr,
 ):
-    """Key tiles [lo, hi) step BN: update (acc, l_i, m_i) with the online softmax.
-
-    ``k_offs``/``v_offs`` (BN, D_PAD) = row * stride + d and ``d_ok`` (1, D_PAD) = d < HEAD_DIM
-    are hoisted by the caller; with HAS_TILE, ``tile_ptrs`` points at the element tile's
-    (BM, BN) window for key ``lo`` (it advances by BN per step)."""
+    """Key tiles [lo, hi) step BN (``_fwd_tile`` each); with HAS_TILE, ``tile_ptrs`` points at
+    the element tile's (BM, BN) window for key ``lo`` (it advances by BN per step)."""
     for start_n in range(lo, hi, BLOCK_N):
-        if not MASKED:
-            start_n = tl.multiple_of(start_n, BLOCK_N)
-        n64 = tl.cast(start_n, tl.int64)
-        k_ptrs = k_base + n64 * stride_kn + k_offs
-        v_ptrs = v_base + n64 * stride_vn + v_offs
-        if MASKED:
-            kv_mask = (offs_n[:, None] < seqlen_k - start_n) & d_ok
-            k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-        elif EVEN_D:
-            k = tl.load(k_ptrs)
+        acc, l_i, m_i = _fwd_tile(
+            acc, l_i, m_i, q, k_base, v_base, start_n, stride_kn, stride_vn, k_offs, v_offs,
+            d_ok, tile_ptrs + (start_n - lo), offs_m, offs_n, seqlen_k, diag_lo, diag_hi,
+            qk_scale, softcap_scale, softcap_log2, BLOCK_N, EVEN_D, MASKED, HAS_TILE,
+            HAS_LEFT, HAS_RIGHT, SOFTCAP)
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_listed_loop(
+    acc, l_i, m_i, q, k_base, v_base, idx_ptr, tile_id_ptr, tiles_ptr, tile_offs, n_blocks,
+    stride_kn, stride_vn, k_offs, v_offs, d_ok, offs_m, offs_n, seqlen_k, diag_lo, diag_hi,
+    qk_scale, softcap_scale, softcap_log2, BLOCK_N: tl.constexpr, KV_BLOCK: tl.constexpr,
+    TILE_ELEMS: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+    HAS_TILE: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+):
+    """The key tiles of ``n_blocks`` listed mask blocks as one flat loop (R = KV_BLOCK / BN
+    tiles per block), so the compiler can pipeline loads across blocks; a loop per block has
+    only R iterations to pipeline. With HAS_TILE, block j's element tile is
+    ``tiles_ptr + tile_id[j] * TILE_ELEMS`` (+ ``tile_offs``, the program's rows)."""
+    R: tl.constexpr = KV_BLOCK // BLOCK_N
+    for t in range(0, n_blocks * R):
+        j = t // R
+        within = (t % R) * BLOCK_N
+        start_n = tl.load(idx_ptr + j) * KV_BLOCK + within
+        if HAS_TILE:
+            tile = tl.load(tile_id_ptr + j).to(tl.int64) * TILE_ELEMS + within
+            t_ptrs = tiles_ptr + tile + tile_offs
         else:
-            k = tl.load(k_ptrs, mask=d_ok, other=0.0)
-        # -- scores: (BM, BN) fp32. Without a cap the scale (> 0, checked by the API) is
-        # applied after the row max, so that scaling and subtracting the max is one FMA --
-        s = tl.dot(q, tl.trans(k))
-        if SOFTCAP:
-            s = _tanh(s * softcap_scale) * softcap_log2  # base-2 logits
-            row_scale = 1.0
-        else:
-            row_scale = qk_scale
-        if MASKED:
-            ok = _visible(offs_m[:, None], (start_n + offs_n)[None, :], seqlen_k, diag_lo,
-                          diag_hi, HAS_LEFT, HAS_RIGHT)
-            if HAS_TILE:
-                ok = ok & (tl.load(tile_ptrs + (start_n - lo)) != 0)
-            s = tl.where(ok, s, float("-inf"))
-        # -- online softmax (base 2) --
-        m_new = tl.maximum(m_i, tl.max(s, 1) * row_scale)
-        if MASKED:  # a row with nothing visible yet keeps m = -inf: subtract 0, not -inf
-            m_new_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            m_new_safe = m_new
-        p = tl.math.exp2(s * row_scale - m_new_safe[:, None])
-        alpha = tl.math.exp2(m_i - m_new_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
-        if MASKED:
-            v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-        elif EVEN_D:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=d_ok, other=0.0)
-        acc = tl.dot(p.to(v.dtype), v, acc)
-        m_i = m_new
+            t_ptrs = tiles_ptr
+        acc, l_i, m_i = _fwd_tile(
+            acc, l_i, m_i, q, k_base, v_base, start_n, stride_kn, stride_vn, k_offs, v_offs,
+            d_ok, t_ptrs, offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
+            softcap_log2, BLOCK_N, EVEN_D, MASKED, HAS_TILE, HAS_LEFT, HAS_RIGHT, SOFTCAP)
     return acc, l_i, m_i
 
 
@@ -217,7 +264,26 @@ def _flash_attn_fwd_kernel(
         bm_off = off_b * stride_mb + off_h * stride_mh + qb * stride_mm
         idx_off = off_b * stride_ib + off_h * stride_ih + qb * stride_im
         tile_offs = (m0 % Q_BLOCK + rows)[:, None] * KV_BLOCK + offs_n[None, :]
-        for j in range(0, tl.load(BM_full_num + bm_off)):
+        n_full = tl.load(BM_full_num + bm_off)
+        n_part = tl.load(BM_num + bm_off)
+        if not (HAS_LEFT or HAS_RIGHT):
+            # No band to clip against and every listed block lies inside Sk: full blocks need
+            # no mask at all, partial ones only their element tile; one flat loop each.
+            flat = seqlen_k % KV_BLOCK == 0
+        else:
+            flat = False
+        if flat:
+            acc, l_i, m_i = _fwd_listed_loop(
+                acc, l_i, m_i, q, k_base, v_base, BM_full_idx + idx_off, BM_tile_id, BM_tiles,
+                tile_offs, n_full, *args, *rest, BLOCK_N, KV_BLOCK, Q_BLOCK * KV_BLOCK, EVEN_D,
+                False, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            acc, l_i, m_i = _fwd_listed_loop(
+                acc, l_i, m_i, q, k_base, v_base, BM_idx + idx_off, BM_tile_id + idx_off,
+                BM_tiles, tile_offs, n_part, *args, *rest, BLOCK_N, KV_BLOCK,
+                Q_BLOCK * KV_BLOCK, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            n_full = n_full * 0  # the loops below have nothing left to do
+            n_part = n_part * 0
+        for j in range(0, n_full):
             blo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
             s0, u0, u1, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
             acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, s0, u0, *args, Q, *rest,
@@ -227,7 +293,7 @@ def _flash_attn_fwd_kernel(
                                       SOFTCAP)
             acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, u1, e0, *args, Q, *rest,
                                       BLOCK_N, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
-        for j in range(0, tl.load(BM_num + bm_off)):
+        for j in range(0, n_part):
             blo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
             s0, _, _, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
             tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
