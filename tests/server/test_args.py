@@ -21,6 +21,11 @@ def test_serve_flags_fill_engine_config():
     assert (config.cache.block_size, config.cache.num_kv_blocks,
             config.cache.enable_prefix_caching) == (32, 100, False)
     assert config.tokenizer is None and not args.disable_uvicorn_access_log
+    assert config.enforce_eager is False and config.max_cudagraph_capture_size is None
+    args = build_parser().parse_args(["serve", "--enforce-eager",
+                                      "--max-cudagraph-capture-size", "64"])
+    config = engine_config_from_args(args)
+    assert config.enforce_eager is True and config.max_cudagraph_capture_size == 64
     args = build_parser().parse_args(["serve", "--model", "random:tiny", "--tokenizer", "/t"])
     assert engine_config_from_args(args).tokenizer == "/t"
     bad = build_parser().parse_args(["serve", "--max-num-seqs", "0"])

@@ -58,6 +58,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
                    default=True)
     g.add_argument("--kv-cache-dtype", default="auto")
+    g.add_argument("--enforce-eager", action="store_true",
+                   help="no CUDA graphs for decode steps (vLLM's flag; CPU is always eager)")
+    g.add_argument("--max-cudagraph-capture-size", type=int, default=None, metavar="N",
+                   help="largest decode batch replayed from a CUDA graph "
+                        "(default: min(max-num-seqs, 512))")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> Any:
@@ -68,6 +73,8 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
         model=args.model, tokenizer=args.tokenizer, dtype=args.dtype, device=args.device,
         seed=args.seed,
         served_model_name=args.served_model_name,
+        enforce_eager=args.enforce_eager,
+        max_cudagraph_capture_size=args.max_cudagraph_capture_size,
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len),
