@@ -11,8 +11,8 @@ sequence's paged K/V. What makes it faster:
   whole batch, each KV head's G query heads posed as G queries of that head, so K/V are never
   repeated for GQA; a boolean (N, 1, 1, S) mask hides the padding past each sequence;
 - each prefilling sequence is one SDPA call over its own gathered prefix (``is_causal`` when it
-  has no cached prefix, else an explicit bottom-right mask), with no padding to the batch's
-  longest sequence.
+  has no cached prefix, else an explicit bottom-right mask; ``enable_gqa``, so K/V are not
+  repeated), with no padding to the batch's longest sequence.
 
 In the model dtype (fp32 on the CPU engine by default; SDPA accumulates in fp32 for bf16/fp16
 too). fp8 caches are dequantized (times k_scale / v_scale) while gathering.
@@ -94,14 +94,14 @@ def paged_attention_cpu(
             continue
         nblk = -(-L // bs)
         tables = meta.block_tables[i : i + 1, :nblk]
-        k = _gather(k_cache, tables, k_scale, q.dtype)[0, :L].transpose(0, 1)  # (Hk, L, D)
-        v = _gather(v_cache, tables, v_scale, q.dtype)[0, :L].transpose(0, 1)
-        qi = q[q0:q1].transpose(0, 1)  # (Hq, n, D)
-        if G > 1:
-            k = k.repeat_interleave(G, dim=0)
-            v = v.repeat_interleave(G, dim=0)
+        # 4-D (1, H, S, D) operands: PyTorch's fused CPU kernels reject 3-D ones and fall back
+        # to the math path (2x slower); enable_gqa lets Hq query heads share Hk K/V heads
+        k = _gather(k_cache, tables, k_scale, q.dtype)[:, :L].transpose(1, 2)  # (1, Hk, L, D)
+        v = _gather(v_cache, tables, v_scale, q.dtype)[:, :L].transpose(1, 2)
+        qi = q[q0:q1].transpose(0, 1)[None]  # (1, Hq, n, D)
         if n == L and sliding_window is None:
-            o = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=softmax_scale)
+            o = F.scaled_dot_product_attention(qi, k, v, is_causal=True, scale=softmax_scale,
+                                               enable_gqa=G > 1)
         else:
             qpos = torch.arange(L - n, L)[:, None]
             t = torch.arange(L)[None, :]
@@ -109,6 +109,6 @@ def paged_attention_cpu(
             if sliding_window is not None:
                 visible &= t > qpos - sliding_window
             o = F.scaled_dot_product_attention(qi, k, v, attn_mask=visible,
-                                               scale=softmax_scale)
-        out[q0:q1] = o.transpose(0, 1)
+                                               scale=softmax_scale, enable_gqa=G > 1)
+        out[q0:q1] = o[0].transpose(0, 1)
     return out
