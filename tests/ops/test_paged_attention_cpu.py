@@ -3,45 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import pytest
 import torch
+from paged_helpers import paged_case
 
 from tritium.ops.paged_attention import (
-    AttentionMetadata,
     paged_attention,
     paged_attention_reference,
-    write_kv_cache_reference,
 )
 from tritium.ops.paged_attention_cpu import paged_attention_cpu
 
 
 def _case(lens, news, page, Hq, Hk, D, seed=0, dtype=torch.float32, num_decode_tokens=None):
-    """Sequences on shuffled pages; unwritten slots and unused blocks hold NaN."""
-    g = torch.Generator().manual_seed(seed)
-    nblk = [math.ceil(L / page) for L in lens]
-    perm = torch.randperm(sum(nblk) + 3, generator=g)
-    width = max(nblk) + 2  # block tables wider than needed, padded with block 0 (NaN-filled)
-    bt = torch.full((len(lens), width), int(perm[-1]), dtype=torch.int32)  # a NaN block
-    kc = torch.full((perm.numel(), page, Hk, D), float("nan"), dtype=dtype)
-    vc = kc.clone()
-    ks, vs, slots, o = [], [], [], 0
-    for i, (L, n) in enumerate(zip(lens, nblk)):
-        bt[i, :n] = perm[o:o + n]
-        o += n
-        t = torch.arange(L)
-        slots.append(bt[i, t // page].long() * page + t % page)
-        ks.append(torch.randn(L, Hk, D, generator=g))
-        vs.append(torch.randn(L, Hk, D, generator=g))
-    write_kv_cache_reference(torch.cat(ks), torch.cat(vs), kc, vc, torch.cat(slots))
-    cu = torch.tensor([0, *news]).cumsum(0).to(torch.int32)
-    meta = AttentionMetadata(
-        slot_mapping=torch.cat([s[L - n:] for s, L, n in zip(slots, lens, news)]),
-        block_tables=bt, seq_lens=torch.tensor(lens, dtype=torch.int32), cu_seqlens_q=cu,
-        max_seqlen_q=max(news), max_seqlen_k=max(lens), decode_only=all(n == 1 for n in news),
-        num_decode_tokens=num_decode_tokens)
-    q = torch.randn(int(cu[-1]), Hq, D, generator=g).to(dtype)
+    """Sequences on shuffled pages; unwritten slots and padding table entries read NaN."""
+    q, kc, vc, meta, _, _ = paged_case(lens, news, page, Hq, Hk, D, seed, dtype,
+                                       num_decode_tokens, pad_cols=2)
     return q, kc, vc, meta
 
 

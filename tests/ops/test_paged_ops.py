@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from paged_helpers import paged_case
 
 from tritium.ops.activation import silu_and_mul
 from tritium.ops.norm import rms_norm, rms_norm_reference
@@ -27,29 +28,7 @@ from tritium.ops.rotary import (
 
 
 def _case(lens, news, page, Hq, Hk, D, seed=0):
-    """Sequences on shuffled pages -> (q, k_cache, v_cache, meta, per-sequence k, v)."""
-    g = torch.Generator().manual_seed(seed)
-    nblk = [math.ceil(L / page) for L in lens]
-    perm = torch.randperm(sum(nblk) + 2, generator=g)
-    bt = torch.zeros(len(lens), max(nblk), dtype=torch.int32)
-    kc = torch.full((perm.numel(), page, Hk, D), float("nan"))
-    vc = kc.clone()
-    ks, vs, slots, o = [], [], [], 0
-    for i, (L, n) in enumerate(zip(lens, nblk)):
-        bt[i, :n] = perm[o:o + n]
-        o += n
-        t = torch.arange(L)
-        slots.append(bt[i, t // page].long() * page + t % page)
-        ks.append(torch.randn(L, Hk, D, generator=g))
-        vs.append(torch.randn(L, Hk, D, generator=g))
-    write_kv_cache_reference(torch.cat(ks), torch.cat(vs), kc, vc, torch.cat(slots))
-    cu = torch.tensor([0, *news]).cumsum(0).to(torch.int32)
-    meta = AttentionMetadata(
-        slot_mapping=torch.cat([s[L - n:] for s, L, n in zip(slots, lens, news)]),
-        block_tables=bt, seq_lens=torch.tensor(lens, dtype=torch.int32), cu_seqlens_q=cu,
-        max_seqlen_q=max(news), max_seqlen_k=max(lens), decode_only=all(n == 1 for n in news))
-    q = torch.randn(int(cu[-1]), Hq, D, generator=g)
-    return q, kc, vc, meta, ks, vs
+    return paged_case(lens, news, page, Hq, Hk, D, seed=seed)
 
 
 def _dense(q, k, v, n, window=None):
