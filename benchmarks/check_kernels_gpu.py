@@ -216,7 +216,7 @@ def check_fused() -> None:
 
 def check_sampling() -> None:
     """Fused Gumbel-max (kernels/sampling.py) vs the PyTorch noise path at 256 x 128k."""
-    from tritium.engine.sampler import gumbel_noise, row_keys
+    from tritium.engine.seeded_noise import gumbel_noise, row_keys
     from tritium.kernels.sampling import gumbel_argmax
 
     n, v = 256, 128256

@@ -14,12 +14,10 @@ from tritium.engine.sampler import (
     Sampler,
     SamplingMetadata,
     apply_filters,
-    exponential_from_bits,
-    gumbel_noise,
-    random_bits,
     sequence_seed,
 )
 from tritium.engine.sampling_params import SamplingParams as SP
+from tritium.engine.seeded_noise import exponential_from_bits, gumbel_noise, random_bits
 
 EOS = 0
 

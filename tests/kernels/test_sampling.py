@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from tritium.engine.sampler import gumbel_argmax, gumbel_noise
+from tritium.engine.seeded_noise import gumbel_argmax, gumbel_noise
 from tritium.kernels.sampling import gumbel_argmax as gumbel_argmax_kernel
 
 
@@ -35,7 +35,7 @@ def test_full_vocab_draws_match_reference(block):
     z = torch.randn(n, v, generator=gen) * 3
     z[3, ::2] = -math.inf  # a filtered row
     seeds, steps = _seeds(n, gen)
-    from tritium.engine.sampler import row_keys
+    from tritium.engine.seeded_noise import row_keys
 
     got = gumbel_argmax_kernel(z, row_keys(seeds, steps), block=block)
     torch.testing.assert_close(got, _reference(z, seeds, steps), rtol=0, atol=0)

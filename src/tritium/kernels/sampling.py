@@ -2,7 +2,7 @@
 
 For row i with 32-bit key k_i (a hash of its seed and step, computed by the caller) and column
 j with token id t_ij (j itself, or a candidate id), the kernel computes the same counter-based
-noise as ``engine.sampler.random_bits`` / ``exponential_from_bits``:
+noise as ``engine.seeded_noise.random_bits`` / ``exponential_from_bits``:
 
     bits = mix(mix(t ^ C1) ^ k),  u = (bits + 0.5) / 2**32,  E = -log1p(-u),
     out_i = argmax_j (z_ij - log E_ij)   (lowest j among equal maxima)
@@ -23,7 +23,7 @@ import triton.language as tl
 @triton.jit
 def _mix32(x):
     # x: uint32 tensor; products wrap mod 2**32 as the int64-and-mask reference does.
-    # The constants are engine/sampler.py's _MIX_A, _MIX_B (tests compare the draws).
+    # The constants are engine/seeded_noise.py's _MIX_A, _MIX_B (tests compare the draws).
     x = x ^ (x >> 16)
     x = x * 0x21F0AAAD
     x = x ^ (x >> 15)
@@ -49,7 +49,7 @@ def _gumbel_argmax_kernel(
             tok = tl.load(ids_ptr + row * stride_ids + cols, mask=mask, other=0).to(tl.uint32)
         else:
             tok = cols.to(tl.uint32)
-        bits = _mix32(_mix32(tok ^ 0x85A308D3) ^ key)  # 0x85A308D3: sampler's _KEY_C1
+        bits = _mix32(_mix32(tok ^ 0x85A308D3) ^ key)  # 0x85A308D3: seeded_noise's _KEY_C1
         u = (bits.to(tl.float32) + 0.5) * 2.3283064365386963e-10  # 2**-32
         u = tl.minimum(u, 0.99999994039535522)  # 1 - 2**-24
         e = tl.where(u < 1e-3, u + u * u * (0.5 + u * 0.3333333333333333), -tl.log(1.0 - u))
@@ -71,7 +71,7 @@ def gumbel_argmax(
     Args:
         z: (N, C) float32 logits (already tempered and filtered; removed tokens at -inf), unit
             last stride.
-        keys: (N,) int64 row keys in [0, 2**32) (``engine.sampler.row_keys``).
+        keys: (N,) int64 row keys in [0, 2**32) (``engine.seeded_noise.row_keys``).
         token_ids: (N, C) int64 ids hashed for each column, or None for ids 0..C-1.
     Returns:
         (N,) int64 column indices.
