@@ -201,3 +201,10 @@ def test_console_script_installed():
     assert exe is not None, "the tritium entry point is not on PATH (pip install -e .)"
     proc = subprocess.run([exe, "--version"], capture_output=True, text=True, env=ENV)
     assert proc.returncode == 0 and proc.stdout.startswith("tritium ")
+
+
+def test_model_flag_help_lists_every_random_preset():
+    from tritium.argtypes import RANDOM_PRESETS
+    from tritium.models.presets import preset_names
+
+    assert sorted(RANDOM_PRESETS.split(", ")) == sorted(preset_names())

@@ -48,3 +48,18 @@ def seed(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+RANDOM_PRESETS = "llama3-8b, llama3-1b, smollm2-135m, tiny"  # models/presets.py (imports torch)
+
+
+def add_model_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, default: str,
+                    tokenizer_note: str) -> None:
+    """``--model`` and ``--tokenizer``, worded once for every command that loads a model."""
+    p.add_argument("--model", default=None, metavar="PATH",
+                   help="GGUF file, Hugging Face folder, or random:<preset> (random weights: "
+                   f"{RANDOM_PRESETS}); default: {default}")
+    p.add_argument("--tokenizer", default=None, metavar="PATH",
+                   help="tokenizer folder (as AutoTokenizer.from_pretrained reads) or .gguf "
+                   f"file replacing the model's own; {tokenizer_note}")
+

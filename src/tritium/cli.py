@@ -35,13 +35,8 @@ class _Parser(argparse.ArgumentParser):
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model / --tokenizer / --device / --dtype, shared by every command that loads a model."""
-    p.add_argument("--model", default=None, metavar="PATH",
-                   help="GGUF file, Hugging Face folder, or random:<preset> (random weights: "
-                   "llama3-8b, llama3-1b, smollm2-135m, tiny; default: the embedded "
-                   "SmolLM2-135M-Instruct)")
-    p.add_argument("--tokenizer", default=None, metavar="PATH",
-                   help="tokenizer folder (as AutoTokenizer.from_pretrained reads) or .gguf "
-                   "file replacing the model's own; needed by random:<preset> models")
+    argtypes.add_model_flags(p, default="the embedded SmolLM2-135M-Instruct",
+                             tokenizer_note="needed by random:<preset> models")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="default: cuda when available, else cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,

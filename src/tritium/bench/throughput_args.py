@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from tritium.argtypes import positive_int
+from tritium.argtypes import add_model_flags, positive_int
 
 PEERS = ("hf", "vllm")
 # (num_prompts, input range, output range, hf batch size) per device kind; --quick variants.
@@ -22,14 +22,9 @@ _QUICK = {
 def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``tritium bench throughput`` (vLLM's names where the concept is the same)."""
     w = p.add_argument_group("workload")
-    w.add_argument("--model", default=None, metavar="PATH",
-                   help="GGUF file, HF folder, or random:<preset> (llama3-8b, llama3-1b, "
-                   "smollm2-135m, tiny); default: random:llama3-8b on cuda, the embedded "
-                   "SmolLM2-135M on cpu")
-    w.add_argument("--tokenizer", default=None, metavar="PATH",
-                   help="tokenizer folder or .gguf replacing the model's own; a "
-                   "random:<preset> model gets the tokenizer's vocabulary size (outputs are "
-                   "detokenized only with --detokenize)")
+    add_model_flags(w, default="random:llama3-8b on cuda, the embedded SmolLM2-135M on cpu",
+                    tokenizer_note="a random:<preset> model gets the tokenizer's vocabulary "
+                    "size (outputs are detokenized only with --detokenize)")
     w.add_argument("--num-prompts", type=positive_int, default=None, metavar="N",
                    help="requests (default: 256 on cuda, 24 on cpu)")
     w.add_argument("--input-len-range", type=positive_int, nargs=2, default=None,

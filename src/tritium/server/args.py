@@ -12,19 +12,16 @@ import math
 import os
 from typing import Any
 
+from tritium.argtypes import add_model_flags
+
 DEFAULT_MAX_REQUEST_BYTES = 4 << 20  # 4 MiB of JSON: ~1M tokens of text, far above any context
 DEFAULT_MAX_WAITING = 512
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``tritium serve`` (vLLM's names where the concept is the same)."""
-    p.add_argument("--model", default=None, metavar="PATH",
-                   help="GGUF file, Hugging Face folder, or random:<preset> (random weights: "
-                   "llama3-8b, llama3-1b, smollm2-135m, tiny; default: the embedded "
-                   "SmolLM2-135M)")
-    p.add_argument("--tokenizer", default=None, metavar="PATH",
-                   help="tokenizer folder (as AutoTokenizer.from_pretrained reads) or .gguf "
-                   "file replacing the model's own; required for random:<preset> models")
+    add_model_flags(p, default="the embedded SmolLM2-135M-Instruct",
+                    tokenizer_note="required for random:<preset> models")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=os.environ.get("TRITIUM_API_KEY"), metavar="KEY",
