@@ -39,14 +39,20 @@ def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, tol) -> None:
                              f"{got[tuple(idx)].item()} vs {want[tuple(idx)].item()}")
 
 
+def output_loss(out, lse, dout, dlse=None):
+    """sum(out * dout) (+ sum(lse * dlse) over rows with a finite lse): its gradients are the
+    backward with upstream gradients dout (and dlse)."""
+    loss = (out.float() * dout.float()).sum()
+    if dlse is not None:
+        loss = loss + (torch.where(torch.isinf(lse), 0.0, lse) * dlse).sum()
+    return loss
+
+
 def reference_grads(fn, inputs, dout, dlse=None, **kw):
     """fp32 forward + autograd gradients of ``fn`` (attention_reference or the varlen one)."""
     leaves = [x.detach().float().requires_grad_() for x in inputs]
     out, lse = fn(*leaves, return_lse=True, **kw)
-    loss = (out * dout.float()).sum()
-    if dlse is not None:
-        loss = loss + (torch.where(torch.isinf(lse), 0.0, lse) * dlse).sum()
-    loss.backward()
+    output_loss(out, lse, dout, dlse).backward()
     return out, lse, [x.grad for x in leaves]
 
 
@@ -55,10 +61,7 @@ def check_fwd_bwd(fn, ref_fn, q, k, v, dtype, extra=(), dlse=False, ref_kw=None,
     out, lse = fn(q, k, v, *extra, return_lse=True, **kw)
     dout = torch.randn_like(out)
     g_lse = torch.randn_like(lse) if dlse else None
-    loss = (out.float() * dout.float()).sum()
-    if dlse:
-        loss = loss + (torch.where(torch.isinf(lse), 0.0, lse) * g_lse).sum()
-    loss.backward()
+    output_loss(out, lse, dout, g_lse).backward()
     ref_out, ref_lse, grads = reference_grads(ref_fn, (q, k, v), dout, g_lse, **(ref_kw or kw))
     assert_close("out", out, ref_out, FWD_TOL[dtype])
     assert_close("lse", lse, ref_lse, FWD_TOL[torch.float32])

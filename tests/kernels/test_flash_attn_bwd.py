@@ -19,6 +19,7 @@ from flash_attn_helpers import (
     assert_close,
     block_mask_from_dense,
     check_fwd_bwd,
+    output_loss,
     rand,
     reference,
     reference_grads,
@@ -149,10 +150,7 @@ def check_both_paths(fn, ref_fn, q, k, v, dtype, extra=(), dlse=False, ref_kw=No
             torch.manual_seed(123)
             dout = torch.randn_like(out)
             g_lse = torch.randn_like(lse) if dlse else None
-        loss = (out.float() * dout.float()).sum()
-        if dlse:
-            loss = loss + (torch.where(torch.isinf(lse), 0.0, lse) * g_lse).sum()
-        loss.backward()
+        output_loss(out, lse, dout, g_lse).backward()
         got[det] = [x.grad for x in leaves]
     ref_out, _, want = reference_grads(ref_fn, (q, k, v), dout, g_lse, **(ref_kw or kw))
     assert_close("out", out, ref_out, FWD_TOL[dtype])
