@@ -76,3 +76,14 @@ def test_engine_dispatch_uses_it_on_cpu(monkeypatch):
     q, kc, vc, meta = _case([5, 9], [1, 1], 4, 4, 2, 16)
     out = paged_attention(q, kc, vc, meta)
     assert calls and torch.isfinite(out).all()
+
+
+def test_step_plan_shared_across_layers():
+    """Layers share one metadata (and its cached gather plan): a sliding-window layer must not
+    change what a full-attention layer after it sees."""
+    q, kc, vc, meta = _case([40, 5, 23, 113], [1, 1, 1, 1], 16, 9, 3, 16)
+    first = paged_attention_cpu(q, kc, vc, meta, 0.25, sliding_window=7)
+    again = paged_attention_cpu(q, kc, vc, meta, 0.25)  # same meta: the cached plan
+    fresh = paged_attention_cpu(q, kc, vc, dataclasses.replace(meta), 0.25)
+    torch.testing.assert_close(again, fresh, rtol=0, atol=0)
+    assert not torch.equal(first, fresh)

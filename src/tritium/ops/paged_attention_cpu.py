@@ -49,6 +49,36 @@ def _gather(cache: torch.Tensor, tables: torch.Tensor, scale: float, dtype: torc
     return out
 
 
+def _step_plan(meta: AttentionMetadata, bs: int
+               ) -> tuple[list[int], list[int], tuple | None]:
+    """Host lengths and row offsets, and the decode rows' gather plan (block tables, key
+    positions, lengths, visible mask, padding blocks to zero, unwritten tail slots to zero).
+    Computed once per step and kept on ``meta``, which every layer of the step shares; a step's
+    metadata is never modified in place (the engine builds a new one per step)."""
+    cached = meta.__dict__.get("_cpu_plan")
+    if cached is not None and cached[0] == bs:
+        return cached[1:]
+    lens = meta.seq_lens.tolist()
+    cu = meta.cu_seqlens_q.tolist()
+    nd = meta.num_decodes
+    plan = None
+    if nd > 0:
+        nblk = -(-max(lens[:nd]) // bs)
+        t = torch.arange(nblk * bs)
+        lens_t = meta.seq_lens[:nd].long()[:, None]
+        visible = t[None, :] < lens_t  # (nd, S')
+        # Slots past a sequence's end may hold anything (stale, NaN), and a masked score
+        # still multiplies its value row, so they are zeroed after the gather: whole padding
+        # blocks, then the unwritten tail of each last block (< bs slots per sequence). Cheaper
+        # than a masked pass over everything.
+        own = (lens_t + bs - 1) // bs  # (nd, 1) blocks in use
+        pad = (torch.arange(nblk)[None, :] >= own).reshape(-1).nonzero()[:, 0]
+        tail = (~visible & (t[None, :] < own * bs)).reshape(-1).nonzero()[:, 0]
+        plan = (meta.block_tables[:nd, :nblk], t, lens_t, visible, pad, tail)
+    meta.__dict__["_cpu_plan"] = (bs, lens, cu, plan)
+    return lens, cu, plan
+
+
 def paged_attention_cpu(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
     softmax_scale: float, k_scale: float = 1.0, v_scale: float = 1.0,
@@ -62,31 +92,18 @@ def paged_attention_cpu(
     out = torch.empty_like(q)
     if N == 0:
         return out
-    lens = meta.seq_lens.tolist()
+    lens, cu, plan = _step_plan(meta, bs)
     nd = meta.num_decodes
     if nd > 0:
-        S = max(lens[:nd])
-        nblk = -(-S // bs)
-        tables = meta.block_tables[:nd, :nblk]
-        t = torch.arange(nblk * bs)
-        lens_t = meta.seq_lens[:nd].long()[:, None]
-        visible = t[None, :] < lens_t  # (nd, S')
-        # Slots past a sequence's end may hold anything (stale, NaN), and a masked score
-        # still multiplies its value row, so they are zeroed after the gather: whole padding
-        # blocks, then the unwritten tail of each last block (< bs slots per sequence). Cheaper
-        # than a masked pass over everything.
-        own = (lens_t + bs - 1) // bs  # (nd, 1) blocks in use
-        pad = (torch.arange(nblk)[None, :] >= own).reshape(-1).nonzero()[:, 0]
-        tail = (~visible & (t[None, :] < own * bs)).reshape(-1).nonzero()[:, 0]
+        tables, t, lens_t, visible, pad, tail = plan
         k = _gather(k_cache, tables, k_scale, q.dtype, pad, tail).transpose(1, 2)
         v = _gather(v_cache, tables, v_scale, q.dtype, pad, tail).transpose(1, 2)
-        if sliding_window is not None:  # the new token sits at L - 1
-            visible &= t[None, :] > lens_t - 1 - sliding_window
+        if sliding_window is not None:  # the new token sits at L - 1 (not in place: cached)
+            visible = visible & (t[None, :] > lens_t - 1 - sliding_window)
         qd = q[:nd].view(nd, Hk, G, D)  # each KV head's query heads as G queries
         o = F.scaled_dot_product_attention(qd, k, v, attn_mask=visible[:, None, None, :],
                                            scale=softmax_scale)
         out[:nd] = o.reshape(nd, Hq, D)
-    cu = meta.cu_seqlens_q.tolist()
     for i in range(nd, N):
         q0, q1, L = cu[i], cu[i + 1], lens[i]
         n = q1 - q0
