@@ -28,6 +28,7 @@ import torch
 
 from tritium.engine.config import CacheConfig, EngineConfig, SchedulerConfig
 from tritium.engine.llm_engine import LLMEngine
+from tritium.engine.model_runner import pack_step
 from tritium.engine.sampling_params import SamplingParams
 
 
@@ -78,7 +79,7 @@ def forward_gpu_time(engine: LLMEngine, reps: int = 5) -> dict[str, float]:
     """GPU ms of the forward alone, and of the sampler alone, for the next decode batch."""
     runner = engine.runner
     out = engine.scheduler.schedule()
-    ids, pos, meta = runner._prepare(out)
+    ids, pos, meta = runner.device_inputs(pack_step(out, runner.block_size))
     start, end = _event(), _event()
     res = {}
     with torch.inference_mode():

@@ -277,22 +277,17 @@ class ModelRunner:
                               inp.block_tables)
         return self._eager_forward(inp)
 
-    def _device_inputs(self, inp: StepInputs
-                       ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    def device_inputs(self, inp: StepInputs
+                      ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """A packed step (``pack_step``) on the device: (input_ids, positions, metadata)."""
         dev = self.device
         input_ids = torch.from_numpy(inp.input_ids).to(dev, non_blocking=True)
         positions = torch.from_numpy(inp.positions).to(dev, non_blocking=True)
         return input_ids, positions, inp.metadata(dev)
 
     def _eager_forward(self, inp: StepInputs) -> torch.Tensor:
-        input_ids, positions, meta = self._device_inputs(inp)
+        input_ids, positions, meta = self.device_inputs(inp)
         return self.model.forward_paged(input_ids, positions, self.kv_caches, meta)
-
-    def _prepare(self, out: SchedulerOutput
-                 ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        """A step's eager inputs on the device: (input_ids, positions, metadata), packed as
-        ``run`` packs them (for profiling scripts)."""
-        return self._device_inputs(pack_step(out, self.block_size))
 
     def _prompt_logprob_rows(self, out: SchedulerOutput, row_ends: list[int]):
         """Rows whose logits score the next prompt token, for requests with prompt_logprobs."""
