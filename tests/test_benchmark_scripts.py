@@ -58,3 +58,23 @@ def test_attn_bwd_sweep_smoke(tmp_path):
         assert max(r["max_abs_err"].values()) < 1e-5  # fp32 under the interpreter
     assert set(res["best"]) == {"atomic D=32", "deterministic D=32"}
     assert res["environment"]["precompile"]["errors"] == []
+
+
+def test_attention_host_overhead_script(tmp_path):
+    out = tmp_path / "overhead.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attention_host_overhead.py"),
+                           "--calls", "5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())["us_per_call"]
+    assert set(res) == {"dense", "varlen"} and all(v > 0 for v in res.values())
+
+
+def test_cpu_decode_steps_script():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_decode_steps.py"),
+                           "--model", "random:tiny", "--batches", "1", "3", "--prompt-len", "8",
+                           "--new-tokens", "4", "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [line.split(":")[0].split()[-1] for line in proc.stdout.splitlines()
+            if line.startswith("batch")] == ["1", "3"]
