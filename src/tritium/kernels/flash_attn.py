@@ -188,6 +188,35 @@ def _clip(blo, bhi, lo, full_lo, full_hi, hi):
 
 
 @triton.jit
+def _schedule(order_ptr, TILE: tl.constexpr, Q_BLOCK: tl.constexpr, REVERSE: tl.constexpr,
+              BH_FIRST: tl.constexpr, HAS_ORDER: tl.constexpr):
+    """(tile index along the sequence, batch x head index) of this program.
+
+    The grid is (tiles, B*H), or (B*H, tiles) with BH_FIRST, in which case programs are issued
+    tile slot by tile slot across all heads, so that the order below holds for the whole
+    launch and not only within each head. Slot -> tile: the identity; reversed (REVERSE:
+    causal, heaviest tiles first so that light ones fill the tail); or read from
+    ``order_ptr`` (HAS_ORDER: a permutation of the mask's Q_BLOCK-row blocks, heaviest
+    first, each block's Q_BLOCK / TILE tiles in a row)."""
+    if BH_FIRST:
+        slot = tl.program_id(1)
+        n_slots = tl.num_programs(1)
+        off_bh = tl.program_id(0)
+    else:
+        slot = tl.program_id(0)
+        n_slots = tl.num_programs(0)
+        off_bh = tl.program_id(1)
+    if HAS_ORDER:
+        R: tl.constexpr = Q_BLOCK // TILE
+        tile = tl.load(order_ptr + slot // R) * R + slot % R
+    elif REVERSE:
+        tile = n_slots - 1 - slot
+    else:
+        tile = slot
+    return tile, off_bh
+
+
+@triton.jit
 def _seq_bounds(cu_seqlens_q, cu_seqlens_k, off_b, seqlen_q, seqlen_k, IS_VARLEN: tl.constexpr):
     """(first row of q, first row of k, Sq, Sk) of sequence ``off_b``."""
     if IS_VARLEN:
@@ -203,7 +232,7 @@ def _seq_bounds(cu_seqlens_q, cu_seqlens_k, off_b, seqlen_q, seqlen_k, IS_VARLEN
 
 @triton.jit
 def _flash_attn_fwd_kernel(
-    Q, K, V, Out, Lse, cu_seqlens_q, cu_seqlens_k,
+    Q, K, V, Out, Lse, cu_seqlens_q, cu_seqlens_k, QOrder,
     BM_num, BM_idx, BM_tile_id, BM_tiles, BM_full_num, BM_full_idx,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh, stride_ob, stride_os, stride_oh,
@@ -213,12 +242,9 @@ def _flash_attn_fwd_kernel(
     IS_VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BLOCK_MASK: tl.constexpr,
     Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, REVERSE_M: tl.constexpr,
+    BH_FIRST: tl.constexpr, HAS_Q_ORDER: tl.constexpr, FLAT_MASK: tl.constexpr,
 ):
-    if REVERSE_M:  # causal: heaviest query tiles first, light ones fill the tail
-        start_m = tl.num_programs(0) - 1 - tl.program_id(0)
-    else:
-        start_m = tl.program_id(0)
-    off_bh = tl.program_id(1)
+    start_m, off_bh = _schedule(QOrder, BLOCK_M, Q_BLOCK, REVERSE_M, BH_FIRST, HAS_Q_ORDER)
     off_b = off_bh // num_heads
     off_h = off_bh % num_heads
     off_hk = off_h // group
@@ -266,13 +292,9 @@ def _flash_attn_fwd_kernel(
         tile_offs = (m0 % Q_BLOCK + rows)[:, None] * KV_BLOCK + offs_n[None, :]
         n_full = tl.load(BM_full_num + bm_off)
         n_part = tl.load(BM_num + bm_off)
-        if not (HAS_LEFT or HAS_RIGHT):
+        if FLAT_MASK:
             # No band to clip against and every listed block lies inside Sk: full blocks need
             # no mask at all, partial ones only their element tile; one flat loop each.
-            flat = seqlen_k % KV_BLOCK == 0
-        else:
-            flat = False
-        if flat:
             acc, l_i, m_i = _fwd_listed_loop(
                 acc, l_i, m_i, q, k_base, v_base, BM_full_idx + idx_off, BM_tile_id, BM_tiles,
                 tile_offs, n_full, *args, *rest, BLOCK_N, KV_BLOCK, Q_BLOCK * KV_BLOCK, EVEN_D,
@@ -281,26 +303,27 @@ def _flash_attn_fwd_kernel(
                 acc, l_i, m_i, q, k_base, v_base, BM_idx + idx_off, BM_tile_id + idx_off,
                 BM_tiles, tile_offs, n_part, *args, *rest, BLOCK_N, KV_BLOCK,
                 Q_BLOCK * KV_BLOCK, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
-            n_full = n_full * 0  # the loops below have nothing left to do
-            n_part = n_part * 0
-        for j in range(0, n_full):
-            blo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
-            s0, u0, u1, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
-            acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, s0, u0, *args, Q, *rest,
-                                      BLOCK_N, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
-            acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, u0, u1, *args, Q, *rest,
-                                      BLOCK_N, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT,
-                                      SOFTCAP)
-            acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, u1, e0, *args, Q, *rest,
-                                      BLOCK_N, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
-        for j in range(0, n_part):
-            blo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
-            s0, _, _, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
-            tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
-                + (s0 - blo)
-            acc, l_i, m_i = _fwd_loop(
-                acc, l_i, m_i, q, k_base, v_base, s0, e0, *args, BM_tiles + tile + tile_offs,
-                *rest, BLOCK_N, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+        else:
+            for j in range(0, n_full):
+                blo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
+                s0, u0, u1, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
+                acc, l_i, m_i = _fwd_loop(
+                    acc, l_i, m_i, q, k_base, v_base, s0, u0, *args, Q, *rest, BLOCK_N, EVEN_D,
+                    True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                acc, l_i, m_i = _fwd_loop(
+                    acc, l_i, m_i, q, k_base, v_base, u0, u1, *args, Q, *rest, BLOCK_N, EVEN_D,
+                    False, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                acc, l_i, m_i = _fwd_loop(
+                    acc, l_i, m_i, q, k_base, v_base, u1, e0, *args, Q, *rest, BLOCK_N, EVEN_D,
+                    True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            for j in range(0, n_part):
+                blo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
+                s0, _, _, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
+                tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
+                    + (s0 - blo)
+                acc, l_i, m_i = _fwd_loop(
+                    acc, l_i, m_i, q, k_base, v_base, s0, e0, *args, BM_tiles + tile + tile_offs,
+                    *rest, BLOCK_N, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
     else:
         # left edge of a sliding window, inside the band (no masks), diagonal and the Sk edge
         acc, l_i, m_i = _fwd_loop(acc, l_i, m_i, q, k_base, v_base, lo, full_lo, *args, Q, *rest,
@@ -407,19 +430,65 @@ def block_mask_args(block_mask, q_tile: int, kv_tile: int, device) -> tuple[list
                                KV_BLOCK=bm.kv_block_size)
 
 
+# Program order: "tiles" = grid (tiles, B*H), tiles reversed when causal (the heaviest first
+# within each head); "bh_first" = grid (B*H, tiles), the same order across all heads;
+# "ordered" = "bh_first" with a BlockMask's blocks sorted by their listed work, heaviest first
+# (without a mask it falls back to "bh_first").
+SCHEDULES = ("tiles", "bh_first", "ordered")
+DEFAULT_SCHEDULE = "tiles"
+
+
+def block_order(block_mask, transposed: bool = False) -> torch.Tensor:
+    """A permutation of the mask's query blocks (key blocks when ``transposed``: the lists of
+    ``BlockMask.transposed()``), heaviest first: work = full + 2 x partial listed blocks,
+    summed over batch and heads (a partial block also loads and applies its element tile)."""
+    work = 2 * block_mask.kv_num_blocks + block_mask.full_kv_num_blocks
+    work = work.sum(dim=(0, 1))
+    return torch.argsort(work, descending=True, stable=True).to(torch.int32)
+
+
+def flat_mask(block_mask, band: bool, seqlen_k: int, seqlen_q: int | None = None) -> bool:
+    """Whether the kernels may walk a BlockMask's listed blocks as flat tile loops: no band to
+    clip the blocks against, and every listed block inside Sk (and Sq, when given: the dK/dV
+    kernel walks query blocks)."""
+    if block_mask is None or band or seqlen_k % block_mask.kv_block_size:
+        return False
+    return seqlen_q is None or seqlen_q % block_mask.q_block_size == 0
+
+
+def launch_schedule(n_tiles: int, n_bh: int, tile: int, block_mask, *, reverse: bool,
+                    varlen: bool, mode: str | None = None, transposed: bool = False):
+    """(grid, order tensor or None, scheduling constexprs) for the attention kernels.
+    ``reverse``: later tiles are heavier (causal rows); "tiles" does not reverse varlen
+    launches (its measured default), the others do."""
+    mode = mode or DEFAULT_SCHEDULE
+    if mode not in SCHEDULES:
+        raise ValueError(f"schedule {mode!r}: expected one of {SCHEDULES}")
+    if mode == "ordered" and block_mask is not None:
+        q_block = block_mask.kv_block_size if transposed else block_mask.q_block_size
+        order = block_order(block_mask, transposed)
+        slots = order.numel() * (q_block // tile)
+        return (n_bh, slots), order, dict(REVERSE_M=False, BH_FIRST=True, HAS_Q_ORDER=True)
+    if mode == "tiles":
+        return (n_tiles, n_bh), None, dict(REVERSE_M=reverse and not varlen, BH_FIRST=False,
+                                           HAS_Q_ORDER=False)
+    return (n_bh, n_tiles), None, dict(REVERSE_M=reverse, BH_FIRST=True, HAS_Q_ORDER=False)
+
+
 def flash_attn_fwd(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, softmax_scale: float,
     causal: bool = False, window_left: int | None = None, window_right: int | None = None,
     softcap: float = 0.0, bottom_right: bool = True,
     cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
     max_seqlen_q: int | None = None, block_mask=None,
-    config: tuple[int, int, int, int] | None = None,
+    config: tuple[int, int, int, int] | None = None, schedule: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward kernel on validated inputs.
 
     Batched: q (B, Sq, Hq, D), k/v (B, Sk, Hk, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq) fp32.
     Varlen (cu_seqlens_q/k given, int32 (N+1,)): q (Tq, Hq, D), k/v (Tk, Hk, D)
     -> out (Tq, Hq, D), lse (Hq, Tq). Every tensor needs stride 1 in its last dim.
+    ``schedule`` overrides the program order (see ``launch_schedule``; for sweeps).
     """
     varlen = cu_seqlens_q is not None
     q4, k4, v4 = (as_batched(t, varlen) for t in (q, k, v))
@@ -446,9 +515,11 @@ def flash_attn_fwd(
     else:
         cu_q = cu_k = mask_ptrs[0]  # unused placeholders
     has_right = causal or window_right is not None
-    grid = (triton.cdiv(seqlen_q, bm_), batch * Hq)
+    grid, order, sched = launch_schedule(
+        triton.cdiv(seqlen_q, bm_), batch * Hq, bm_, block_mask, reverse=has_right,
+        varlen=varlen, mode=schedule)
     _flash_attn_fwd_kernel[grid](
-        q4, k4, v4, o4, lse, cu_q, cu_k, *mask_ptrs,
+        q4, k4, v4, o4, lse, cu_q, cu_k, order if order is not None else cu_q, *mask_ptrs,
         q4.stride(0), q4.stride(1), q4.stride(2), k4.stride(0), k4.stride(1), k4.stride(2),
         v4.stride(0), v4.stride(1), v4.stride(2), o4.stride(0), o4.stride(1), o4.stride(2),
         *_lse_strides(varlen, lse), *mask_strides,
@@ -456,7 +527,8 @@ def flash_attn_fwd(
         window_left or 0, 0 if causal else (window_right or 0),
         HEAD_DIM=D, D_PAD=head_dim_padded(D), BLOCK_M=bm_, BLOCK_N=bn, IS_VARLEN=varlen,
         HAS_LEFT=window_left is not None, HAS_RIGHT=has_right, BOTTOM_RIGHT=bottom_right,
-        SOFTCAP=softcap > 0, REVERSE_M=has_right and not varlen, **mask_meta,
+        SOFTCAP=softcap > 0, **sched, **mask_meta,
+        FLAT_MASK=flat_mask(block_mask, has_right or window_left is not None, seqlen_k),
         num_warps=warps, num_stages=stages,
     )
     return out, lse

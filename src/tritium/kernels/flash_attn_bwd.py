@@ -36,12 +36,15 @@ from tritium.kernels.flash_attn import (
     _clip,
     _interpreting,
     _lse_strides,
+    _schedule,
     _seq_bounds,
     _tanh,
     _visible,
     as_batched,
     block_mask_args,
+    flat_mask,
     head_dim_padded,
+    launch_schedule,
 )
 
 
@@ -85,6 +88,74 @@ def _bwd_preprocess_kernel(
 
 
 @triton.jit
+def _dkdv_tile(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, start_m, stride_qs,
+    stride_dos, stride_dqs, q_offs, do_offs, dq_offs, d_ok, tile_ptrs, offs_m, offs_n, seqlen_q,
+    seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale, softcap_log2, BLOCK_M: tl.constexpr,
+    EVEN_D: tl.constexpr, MASKED: tl.constexpr, HAS_TILE: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
+):
+    """Query tile [start_m, start_m + BM) against the program's key tile: dK, dV += ...; with
+    ATOMIC_DQ also dQ[rows] += dS K (unscaled) by fp32 atomics.
+    ``q_offs``/``do_offs``/``dq_offs`` (BM, D_PAD) and ``d_ok`` are hoisted; with HAS_TILE,
+    ``tile_ptrs`` (BN, BM) points at this tile's window of the element mask."""
+    if not MASKED:
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+    m64 = tl.cast(start_m, tl.int64)
+    rows = start_m + offs_m
+    if MASKED:  # rows past Sq: q = dO = 0 and lse2 = +inf, so P = 0
+        row_ok = offs_m[:, None] < seqlen_q - start_m
+        q = tl.load(q_base + m64 * stride_qs + q_offs, mask=row_ok & d_ok, other=0.0)
+        do = tl.load(do_base + m64 * stride_dos + do_offs, mask=row_ok & d_ok, other=0.0)
+        lse2 = tl.load(lse_base + rows, mask=rows < seqlen_q, other=float("inf"))
+        delta = tl.load(delta_base + rows, mask=rows < seqlen_q, other=0.0)
+    else:
+        if EVEN_D:
+            q = tl.load(q_base + m64 * stride_qs + q_offs)
+            do = tl.load(do_base + m64 * stride_dos + do_offs)
+        else:
+            q = tl.load(q_base + m64 * stride_qs + q_offs, mask=d_ok, other=0.0)
+            do = tl.load(do_base + m64 * stride_dos + do_offs, mask=d_ok, other=0.0)
+        lse2 = tl.load(lse_base + rows)
+        delta = tl.load(delta_base + rows)
+    # -- P^T: (BN, BM) --
+    qkT = tl.dot(k, tl.trans(q))
+    tT = qkT  # defined on both paths (Triton scoping); the tanh of the cap when SOFTCAP
+    if SOFTCAP:
+        tT = _tanh(qkT * softcap_scale)
+        sT = tT * softcap_log2
+    else:
+        sT = qkT * qk_scale
+    pT = tl.math.exp2(sT - lse2[None, :])
+    if MASKED:
+        okT = _visible(rows[None, :], offs_n[:, None], seqlen_k, diag_lo, diag_hi,
+                       HAS_LEFT, HAS_RIGHT)
+        if HAS_TILE:
+            okT = okT & (tl.load(tile_ptrs) != 0)
+        pT = tl.where(okT, pT, 0.0)
+    dv = tl.dot(pT.to(do.dtype), do, dv)
+    # -- dS^T = P^T * (dP^T - delta) --
+    dpT = tl.dot(v, tl.trans(do))
+    dsT = pT * (dpT - delta[None, :])
+    if SOFTCAP:
+        dsT = dsT * (1.0 - tT * tT)
+    dsT = dsT.to(q.dtype)
+    dk = tl.dot(dsT, q, dk)
+    if ATOMIC_DQ:  # -- the 5th matmul: dQ tile (BM, D_PAD) = dS K, added in fp32 --
+        dq = tl.dot(tl.trans(dsT), k)
+        dq_ptrs = dq_base + m64 * stride_dqs + dq_offs
+        if MASKED:  # rows past Sq belong to the next sequence (varlen) or to nobody
+            tl.atomic_add(dq_ptrs, dq, mask=(offs_m[:, None] < seqlen_q - start_m) & d_ok,
+                          sem="relaxed")
+        elif EVEN_D:
+            tl.atomic_add(dq_ptrs, dq, sem="relaxed")
+        else:
+            tl.atomic_add(dq_ptrs, dq, mask=d_ok, sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
 def _dkdv_loop(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, lo, hi, stride_qs,
     stride_dos, stride_dqs, q_offs, do_offs, dq_offs, d_ok, tile_ptrs, offs_m, offs_n, seqlen_q,
@@ -93,63 +164,48 @@ def _dkdv_loop(
     HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
     ATOMIC_DQ: tl.constexpr,
 ):
-    """Query tiles [lo, hi) step BM against the program's key tile: dK, dV += ...; with
-    ATOMIC_DQ also dQ[rows] += dS K (unscaled) by fp32 atomics.
-    ``q_offs``/``do_offs``/``dq_offs`` (BM, D_PAD) and ``d_ok`` are hoisted; ``tile_ptrs``
-    (BN, BM) points at the element tile's window for query ``lo``."""
+    """Query tiles [lo, hi) step BM (``_dkdv_tile`` each); with HAS_TILE, ``tile_ptrs`` points
+    at the element tile's (BN, BM) window for query ``lo`` (it advances BM rows per step)."""
     for start_m in range(lo, hi, BLOCK_M):
-        if not MASKED:
-            start_m = tl.multiple_of(start_m, BLOCK_M)
-        m64 = tl.cast(start_m, tl.int64)
-        rows = start_m + offs_m
-        if MASKED:  # rows past Sq: q = dO = 0 and lse2 = +inf, so P = 0
-            row_ok = offs_m[:, None] < seqlen_q - start_m
-            q = tl.load(q_base + m64 * stride_qs + q_offs, mask=row_ok & d_ok, other=0.0)
-            do = tl.load(do_base + m64 * stride_dos + do_offs, mask=row_ok & d_ok, other=0.0)
-            lse2 = tl.load(lse_base + rows, mask=rows < seqlen_q, other=float("inf"))
-            delta = tl.load(delta_base + rows, mask=rows < seqlen_q, other=0.0)
+        dk, dv = _dkdv_tile(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, start_m, stride_qs,
+            stride_dos, stride_dqs, q_offs, do_offs, dq_offs, d_ok,
+            tile_ptrs + (start_m - lo) * KV_BLOCK, offs_m, offs_n, seqlen_q, seqlen_k, diag_lo,
+            diag_hi, qk_scale, softcap_scale, softcap_log2, BLOCK_M, EVEN_D, MASKED, HAS_TILE,
+            HAS_LEFT, HAS_RIGHT, SOFTCAP, ATOMIC_DQ)
+    return dk, dv
+
+
+@triton.jit
+def _dkdv_listed_loop(
+    dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, idx_ptr, tile_id_ptr,
+    tiles_ptr, tile_offs, n_blocks, stride_qs, stride_dos, stride_dqs, q_offs, do_offs, dq_offs,
+    d_ok, offs_m, offs_n, seqlen_q, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
+    softcap_log2, BLOCK_M: tl.constexpr, Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
+    EVEN_D: tl.constexpr, MASKED: tl.constexpr, HAS_TILE: tl.constexpr,
+    HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
+    ATOMIC_DQ: tl.constexpr,
+):
+    """The query tiles of ``n_blocks`` listed (transposed) mask blocks as one flat loop, as
+    the forward's ``_fwd_listed_loop``: R = Q_BLOCK / BM tiles per block; with HAS_TILE,
+    block j's element tile is ``tiles_ptr + tile_id[j] * Q_BLOCK * KV_BLOCK`` (+
+    ``tile_offs``, the program's key columns)."""
+    R: tl.constexpr = Q_BLOCK // BLOCK_M
+    for t in range(0, n_blocks * R):
+        j = t // R
+        within = (t % R) * BLOCK_M
+        start_m = tl.load(idx_ptr + j) * Q_BLOCK + within
+        if HAS_TILE:
+            tile = tl.load(tile_id_ptr + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
+                + within * KV_BLOCK
+            t_ptrs = tiles_ptr + tile + tile_offs
         else:
-            if EVEN_D:
-                q = tl.load(q_base + m64 * stride_qs + q_offs)
-                do = tl.load(do_base + m64 * stride_dos + do_offs)
-            else:
-                q = tl.load(q_base + m64 * stride_qs + q_offs, mask=d_ok, other=0.0)
-                do = tl.load(do_base + m64 * stride_dos + do_offs, mask=d_ok, other=0.0)
-            lse2 = tl.load(lse_base + rows)
-            delta = tl.load(delta_base + rows)
-        # -- P^T: (BN, BM) --
-        qkT = tl.dot(k, tl.trans(q))
-        tT = qkT  # defined on both paths (Triton scoping); the tanh of the cap when SOFTCAP
-        if SOFTCAP:
-            tT = _tanh(qkT * softcap_scale)
-            sT = tT * softcap_log2
-        else:
-            sT = qkT * qk_scale
-        pT = tl.math.exp2(sT - lse2[None, :])
-        if MASKED:
-            okT = _visible(rows[None, :], offs_n[:, None], seqlen_k, diag_lo, diag_hi,
-                           HAS_LEFT, HAS_RIGHT)
-            if HAS_TILE:
-                okT = okT & (tl.load(tile_ptrs + (start_m - lo) * KV_BLOCK) != 0)
-            pT = tl.where(okT, pT, 0.0)
-        dv = tl.dot(pT.to(do.dtype), do, dv)
-        # -- dS^T = P^T * (dP^T - delta) --
-        dpT = tl.dot(v, tl.trans(do))
-        dsT = pT * (dpT - delta[None, :])
-        if SOFTCAP:
-            dsT = dsT * (1.0 - tT * tT)
-        dsT = dsT.to(q.dtype)
-        dk = tl.dot(dsT, q, dk)
-        if ATOMIC_DQ:  # -- the 5th matmul: dQ tile (BM, D_PAD) = dS K, added in fp32 --
-            dq = tl.dot(tl.trans(dsT), k)
-            dq_ptrs = dq_base + m64 * stride_dqs + dq_offs
-            if MASKED:  # rows past Sq belong to the next sequence (varlen) or to nobody
-                tl.atomic_add(dq_ptrs, dq, mask=(offs_m[:, None] < seqlen_q - start_m) & d_ok,
-                              sem="relaxed")
-            elif EVEN_D:
-                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
-            else:
-                tl.atomic_add(dq_ptrs, dq, mask=d_ok, sem="relaxed")
+            t_ptrs = tiles_ptr
+        dk, dv = _dkdv_tile(
+            dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, start_m, stride_qs,
+            stride_dos, stride_dqs, q_offs, do_offs, dq_offs, d_ok, t_ptrs, offs_m, offs_n,
+            seqlen_q, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale, softcap_log2,
+            BLOCK_M, EVEN_D, MASKED, HAS_TILE, HAS_LEFT, HAS_RIGHT, SOFTCAP, ATOMIC_DQ)
     return dk, dv
 
 
@@ -178,7 +234,7 @@ def _query_ranges(n0, seqlen_q, seqlen_k, diag_lo, diag_hi, BLOCK_M: tl.constexp
 
 @triton.jit
 def _bwd_dkdv_kernel(
-    Q, K, V, dO, Lse2, Delta, dK, dV, DQacc, cu_seqlens_q, cu_seqlens_k,
+    Q, K, V, dO, Lse2, Delta, dK, dV, DQacc, cu_seqlens_q, cu_seqlens_k, KOrder,
     BM_num, BM_idx, BM_tile_id, BM_tiles, BM_full_num, BM_full_idx,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
@@ -190,10 +246,13 @@ def _bwd_dkdv_kernel(
     IS_VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BLOCK_MASK: tl.constexpr,
     Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+    REVERSE_M: tl.constexpr, BH_FIRST: tl.constexpr, HAS_Q_ORDER: tl.constexpr,
+    FLAT_MASK: tl.constexpr,
 ):
-    start_n = tl.program_id(0)
-    off_b = tl.program_id(1) // num_heads_k
-    off_hk = tl.program_id(1) % num_heads_k
+    # (REVERSE_M here: the first key tiles are the heaviest, as causal query rows see them all)
+    start_n, off_bhk = _schedule(KOrder, BLOCK_N, KV_BLOCK, REVERSE_M, BH_FIRST, HAS_Q_ORDER)
+    off_b = off_bhk // num_heads_k
+    off_hk = off_bhk % num_heads_k
     q_start, k_start, seqlen_q, seqlen_k = _seq_bounds(
         cu_seqlens_q, cu_seqlens_k, off_b, seqlen_q, seqlen_k, IS_VARLEN)
     n0 = start_n * BLOCK_N
@@ -247,27 +306,37 @@ def _bwd_dkdv_kernel(
             # (BN, BM) window of a (Q_BLOCK, KV_BLOCK) element tile
             tile_offs = offs_m[None, :] * KV_BLOCK \
                 + (n0 % KV_BLOCK + tl.arange(0, BLOCK_N))[:, None]
-            for j in range(0, tl.load(BM_full_num + bm_off)):
-                blo = tl.load(BM_full_idx + idx_off + j) * Q_BLOCK
-                s0, u0, u1, e0 = _clip(blo, blo + Q_BLOCK, lo, full_lo, full_hi, hi)
-                dk, dv = _dkdv_loop(dk, dv, k, v, *bases, s0, u0, *args, Q, *rest, BLOCK_M,
-                                    KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP,
-                                    ATOMIC_DQ)
-                dk, dv = _dkdv_loop(dk, dv, k, v, *bases, u0, u1, *args, Q, *rest, BLOCK_M,
-                                    KV_BLOCK, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT,
-                                    SOFTCAP, ATOMIC_DQ)
-                dk, dv = _dkdv_loop(dk, dv, k, v, *bases, u1, e0, *args, Q, *rest, BLOCK_M,
-                                    KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP,
-                                    ATOMIC_DQ)
-            for j in range(0, tl.load(BM_num + bm_off)):
-                blo = tl.load(BM_idx + idx_off + j) * Q_BLOCK
-                s0, _, _, e0 = _clip(blo, blo + Q_BLOCK, lo, full_lo, full_hi, hi)
-                tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
-                    + (s0 - blo) * KV_BLOCK
-                dk, dv = _dkdv_loop(
-                    dk, dv, k, v, *bases, s0, e0, *args, BM_tiles + tile + tile_offs, *rest,
-                    BLOCK_M, KV_BLOCK, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP,
-                    ATOMIC_DQ)
+            if FLAT_MASK:  # as in the forward: one flat loop over full, one over partial
+                dk, dv = _dkdv_listed_loop(
+                    dk, dv, k, v, *bases, BM_full_idx + idx_off, BM_tile_id, BM_tiles,
+                    tile_offs, tl.load(BM_full_num + bm_off), *args, *rest, BLOCK_M, Q_BLOCK,
+                    KV_BLOCK, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT, SOFTCAP, ATOMIC_DQ)
+                dk, dv = _dkdv_listed_loop(
+                    dk, dv, k, v, *bases, BM_idx + idx_off, BM_tile_id + idx_off, BM_tiles,
+                    tile_offs, tl.load(BM_num + bm_off), *args, *rest, BLOCK_M, Q_BLOCK,
+                    KV_BLOCK, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP, ATOMIC_DQ)
+            else:
+                for j in range(0, tl.load(BM_full_num + bm_off)):
+                    blo = tl.load(BM_full_idx + idx_off + j) * Q_BLOCK
+                    s0, u0, u1, e0 = _clip(blo, blo + Q_BLOCK, lo, full_lo, full_hi, hi)
+                    dk, dv = _dkdv_loop(dk, dv, k, v, *bases, s0, u0, *args, Q, *rest, BLOCK_M,
+                                        KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                                        ATOMIC_DQ)
+                    dk, dv = _dkdv_loop(dk, dv, k, v, *bases, u0, u1, *args, Q, *rest, BLOCK_M,
+                                        KV_BLOCK, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT,
+                                        SOFTCAP, ATOMIC_DQ)
+                    dk, dv = _dkdv_loop(dk, dv, k, v, *bases, u1, e0, *args, Q, *rest, BLOCK_M,
+                                        KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                                        ATOMIC_DQ)
+                for j in range(0, tl.load(BM_num + bm_off)):
+                    blo = tl.load(BM_idx + idx_off + j) * Q_BLOCK
+                    s0, _, _, e0 = _clip(blo, blo + Q_BLOCK, lo, full_lo, full_hi, hi)
+                    tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
+                        + (s0 - blo) * KV_BLOCK
+                    dk, dv = _dkdv_loop(
+                        dk, dv, k, v, *bases, s0, e0, *args, BM_tiles + tile + tile_offs, *rest,
+                        BLOCK_M, KV_BLOCK, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP,
+                        ATOMIC_DQ)
         else:
             dk, dv = _dkdv_loop(dk, dv, k, v, *bases, lo, full_lo, *args, Q, *rest, BLOCK_M,
                                 KV_BLOCK, EVEN_D, True, False, HAS_LEFT, HAS_RIGHT, SOFTCAP,
@@ -289,6 +358,50 @@ def _bwd_dkdv_kernel(
 
 
 @triton.jit
+def _dq_tile(
+    dq, q, do, lse2, delta, k_base, v_base, start_n, stride_ks, stride_vs, k_offs, v_offs, d_ok,
+    tile_ptrs, offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
+    softcap_log2, BLOCK_N: tl.constexpr, EVEN_D: tl.constexpr, MASKED: tl.constexpr,
+    HAS_TILE: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+):
+    """Key tile [start_n, start_n + BN) against the program's query tile: dQ += dS K
+    (unscaled); with HAS_TILE, ``tile_ptrs`` points at this tile's (BM, BN) mask window."""
+    if not MASKED:
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+    n64 = tl.cast(start_n, tl.int64)
+    if MASKED:
+        kv_mask = (offs_n[:, None] < seqlen_k - start_n) & d_ok
+        k = tl.load(k_base + n64 * stride_ks + k_offs, mask=kv_mask, other=0.0)
+        v = tl.load(v_base + n64 * stride_vs + v_offs, mask=kv_mask, other=0.0)
+    elif EVEN_D:
+        k = tl.load(k_base + n64 * stride_ks + k_offs)
+        v = tl.load(v_base + n64 * stride_vs + v_offs)
+    else:
+        k = tl.load(k_base + n64 * stride_ks + k_offs, mask=d_ok, other=0.0)
+        v = tl.load(v_base + n64 * stride_vs + v_offs, mask=d_ok, other=0.0)
+    qk = tl.dot(q, tl.trans(k))  # (BM, BN)
+    t = qk  # defined on both paths (Triton scoping); the tanh of the cap when SOFTCAP
+    if SOFTCAP:
+        t = _tanh(qk * softcap_scale)
+        s = t * softcap_log2
+    else:
+        s = qk * qk_scale
+    p = tl.math.exp2(s - lse2[:, None])
+    if MASKED:
+        ok = _visible(offs_m[:, None], (start_n + offs_n)[None, :], seqlen_k, diag_lo,
+                      diag_hi, HAS_LEFT, HAS_RIGHT)
+        if HAS_TILE:
+            ok = ok & (tl.load(tile_ptrs) != 0)
+        p = tl.where(ok, p, 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    if SOFTCAP:
+        ds = ds * (1.0 - t * t)
+    return tl.dot(ds.to(k.dtype), k, dq)
+
+
+@triton.jit
 def _dq_loop(
     dq, q, do, lse2, delta, k_base, v_base, lo, hi, stride_ks, stride_vs, k_offs, v_offs, d_ok,
     tile_ptrs, offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,
@@ -296,46 +409,47 @@ def _dq_loop(
     HAS_TILE: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     SOFTCAP: tl.constexpr,
 ):
-    """Key tiles [lo, hi) step BN against the program's query tile: dQ += dS K (unscaled)."""
+    """Key tiles [lo, hi) step BN (``_dq_tile`` each); ``tile_ptrs`` is the mask window for
+    key ``lo`` (it advances by BN per step)."""
     for start_n in range(lo, hi, BLOCK_N):
-        if not MASKED:
-            start_n = tl.multiple_of(start_n, BLOCK_N)
-        n64 = tl.cast(start_n, tl.int64)
-        if MASKED:
-            kv_mask = (offs_n[:, None] < seqlen_k - start_n) & d_ok
-            k = tl.load(k_base + n64 * stride_ks + k_offs, mask=kv_mask, other=0.0)
-            v = tl.load(v_base + n64 * stride_vs + v_offs, mask=kv_mask, other=0.0)
-        elif EVEN_D:
-            k = tl.load(k_base + n64 * stride_ks + k_offs)
-            v = tl.load(v_base + n64 * stride_vs + v_offs)
+        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, start_n, stride_ks, stride_vs,
+                      k_offs, v_offs, d_ok, tile_ptrs + (start_n - lo), offs_m, offs_n,
+                      seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale, softcap_log2,
+                      BLOCK_N, EVEN_D, MASKED, HAS_TILE, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+    return dq
+
+
+@triton.jit
+def _dq_listed_loop(
+    dq, q, do, lse2, delta, k_base, v_base, idx_ptr, tile_id_ptr, tiles_ptr, tile_offs,
+    n_blocks, stride_ks, stride_vs, k_offs, v_offs, d_ok, offs_m, offs_n, seqlen_k, diag_lo,
+    diag_hi, qk_scale, softcap_scale, softcap_log2, BLOCK_N: tl.constexpr,
+    KV_BLOCK: tl.constexpr, TILE_ELEMS: tl.constexpr, EVEN_D: tl.constexpr,
+    MASKED: tl.constexpr, HAS_TILE: tl.constexpr, HAS_LEFT: tl.constexpr,
+    HAS_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr,
+):
+    """The key tiles of ``n_blocks`` listed mask blocks as one flat loop (as the forward's
+    ``_fwd_listed_loop``)."""
+    R: tl.constexpr = KV_BLOCK // BLOCK_N
+    for t in range(0, n_blocks * R):
+        j = t // R
+        within = (t % R) * BLOCK_N
+        start_n = tl.load(idx_ptr + j) * KV_BLOCK + within
+        if HAS_TILE:
+            tile = tl.load(tile_id_ptr + j).to(tl.int64) * TILE_ELEMS + within
+            t_ptrs = tiles_ptr + tile + tile_offs
         else:
-            k = tl.load(k_base + n64 * stride_ks + k_offs, mask=d_ok, other=0.0)
-            v = tl.load(v_base + n64 * stride_vs + v_offs, mask=d_ok, other=0.0)
-        qk = tl.dot(q, tl.trans(k))  # (BM, BN)
-        t = qk  # defined on both paths (Triton scoping); the tanh of the cap when SOFTCAP
-        if SOFTCAP:
-            t = _tanh(qk * softcap_scale)
-            s = t * softcap_log2
-        else:
-            s = qk * qk_scale
-        p = tl.math.exp2(s - lse2[:, None])
-        if MASKED:
-            ok = _visible(offs_m[:, None], (start_n + offs_n)[None, :], seqlen_k, diag_lo,
-                          diag_hi, HAS_LEFT, HAS_RIGHT)
-            if HAS_TILE:
-                ok = ok & (tl.load(tile_ptrs + (start_n - lo)) != 0)
-            p = tl.where(ok, p, 0.0)
-        dp = tl.dot(do, tl.trans(v))
-        ds = p * (dp - delta[:, None])
-        if SOFTCAP:
-            ds = ds * (1.0 - t * t)
-        dq = tl.dot(ds.to(k.dtype), k, dq)
+            t_ptrs = tiles_ptr
+        dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, start_n, stride_ks, stride_vs,
+                      k_offs, v_offs, d_ok, t_ptrs, offs_m, offs_n, seqlen_k, diag_lo, diag_hi,
+                      qk_scale, softcap_scale, softcap_log2, BLOCK_N, EVEN_D, MASKED, HAS_TILE,
+                      HAS_LEFT, HAS_RIGHT, SOFTCAP)
     return dq
 
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q, K, V, dO, Lse2, Delta, dQ, cu_seqlens_q, cu_seqlens_k,
+    Q, K, V, dO, Lse2, Delta, dQ, cu_seqlens_q, cu_seqlens_k, QOrder,
     BM_num, BM_idx, BM_tile_id, BM_tiles, BM_full_num, BM_full_idx,
     stride_qb, stride_qs, stride_qh, stride_kb, stride_ks, stride_kh,
     stride_vb, stride_vs, stride_vh, stride_dob, stride_dos, stride_doh,
@@ -345,11 +459,12 @@ def _bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_VARLEN: tl.constexpr, HAS_LEFT: tl.constexpr, HAS_RIGHT: tl.constexpr,
     BOTTOM_RIGHT: tl.constexpr, SOFTCAP: tl.constexpr, HAS_BLOCK_MASK: tl.constexpr,
-    Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr,
+    Q_BLOCK: tl.constexpr, KV_BLOCK: tl.constexpr, REVERSE_M: tl.constexpr,
+    BH_FIRST: tl.constexpr, HAS_Q_ORDER: tl.constexpr, FLAT_MASK: tl.constexpr,
 ):
-    start_m = tl.program_id(0)
-    off_b = tl.program_id(1) // num_heads
-    off_h = tl.program_id(1) % num_heads
+    start_m, off_bh = _schedule(QOrder, BLOCK_M, Q_BLOCK, REVERSE_M, BH_FIRST, HAS_Q_ORDER)
+    off_b = off_bh // num_heads
+    off_h = off_bh % num_heads
     off_hk = off_h // group
     q_start, k_start, seqlen_q, seqlen_k = _seq_bounds(
         cu_seqlens_q, cu_seqlens_k, off_b, seqlen_q, seqlen_k, IS_VARLEN)
@@ -396,22 +511,32 @@ def _bwd_dq_kernel(
         bm_off = off_b * stride_mb + off_h * stride_mh + qb * stride_mm
         idx_off = off_b * stride_ib + off_h * stride_ih + qb * stride_im
         tile_offs = (m0 % Q_BLOCK + rows)[:, None] * KV_BLOCK + offs_n[None, :]
-        for j in range(0, tl.load(BM_full_num + bm_off)):
-            blo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
-            s0, u0, u1, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
-            dq = _dq_loop(dq, *head, s0, u0, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
-                          HAS_LEFT, HAS_RIGHT, SOFTCAP)
-            dq = _dq_loop(dq, *head, u0, u1, *args, Q, *rest, BLOCK_N, EVEN_D, False, False,
-                          HAS_LEFT, HAS_RIGHT, SOFTCAP)
-            dq = _dq_loop(dq, *head, u1, e0, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
-                          HAS_LEFT, HAS_RIGHT, SOFTCAP)
-        for j in range(0, tl.load(BM_num + bm_off)):
-            blo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
-            s0, _, _, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
-            tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
-                + (s0 - blo)
-            dq = _dq_loop(dq, *head, s0, e0, *args, BM_tiles + tile + tile_offs, *rest,
-                          BLOCK_N, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+        if FLAT_MASK:  # as in the forward: one flat loop over full, one over partial blocks
+            dq = _dq_listed_loop(
+                dq, *head, BM_full_idx + idx_off, BM_tile_id, BM_tiles, tile_offs,
+                tl.load(BM_full_num + bm_off), *args, *rest, BLOCK_N, KV_BLOCK,
+                Q_BLOCK * KV_BLOCK, EVEN_D, False, False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            dq = _dq_listed_loop(
+                dq, *head, BM_idx + idx_off, BM_tile_id + idx_off, BM_tiles, tile_offs,
+                tl.load(BM_num + bm_off), *args, *rest, BLOCK_N, KV_BLOCK,
+                Q_BLOCK * KV_BLOCK, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+        else:
+            for j in range(0, tl.load(BM_full_num + bm_off)):
+                blo = tl.load(BM_full_idx + idx_off + j) * KV_BLOCK
+                s0, u0, u1, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
+                dq = _dq_loop(dq, *head, s0, u0, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
+                              HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                dq = _dq_loop(dq, *head, u0, u1, *args, Q, *rest, BLOCK_N, EVEN_D, False,
+                              False, HAS_LEFT, HAS_RIGHT, SOFTCAP)
+                dq = _dq_loop(dq, *head, u1, e0, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
+                              HAS_LEFT, HAS_RIGHT, SOFTCAP)
+            for j in range(0, tl.load(BM_num + bm_off)):
+                blo = tl.load(BM_idx + idx_off + j) * KV_BLOCK
+                s0, _, _, e0 = _clip(blo, blo + KV_BLOCK, lo, full_lo, full_hi, hi)
+                tile = tl.load(BM_tile_id + idx_off + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
+                    + (s0 - blo)
+                dq = _dq_loop(dq, *head, s0, e0, *args, BM_tiles + tile + tile_offs, *rest,
+                              BLOCK_N, EVEN_D, True, True, HAS_LEFT, HAS_RIGHT, SOFTCAP)
     else:
         dq = _dq_loop(dq, *head, lo, full_lo, *args, Q, *rest, BLOCK_N, EVEN_D, True, False,
                       HAS_LEFT, HAS_RIGHT, SOFTCAP)
@@ -510,6 +635,7 @@ def flash_attn_bwd(
     cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
     max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, block_mask=None,
     block_mask_t=None, deterministic: bool = False, config: tuple | None = None,
+    schedule: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of ``flash_attn_fwd``: shapes and layouts as q, k, v.
 
@@ -520,7 +646,8 @@ def flash_attn_bwd(
     ``deterministic=False`` (default): one dK/dV kernel that also adds dQ into an fp32 buffer
     (B, Sq, Hq, D) by atomics (5 tile matmuls per tile pair; dQ's last bits may vary run to
     run); True: separate dK/dV and dQ kernels, bit-reproducible (7 matmuls). ``config``
-    overrides the tiles (see ``bwd_config`` for its form per path; used by the sweeps).
+    overrides the tiles (see ``bwd_config`` for its form per path; used by the sweeps);
+    ``schedule`` the program order (``launch_schedule`` in kernels/flash_attn.py).
     """
     varlen = cu_seqlens_q is not None
     q4, k4, v4, do4, o4 = (as_batched(t, varlen) for t in (q, k, v, dout, out))
@@ -567,13 +694,20 @@ def flash_attn_bwd(
                k4.stride(2), v4.stride(0), v4.stride(1), v4.stride(2), do4.stride(0),
                do4.stride(1), do4.stride(2)]
 
+    band_any = flags["HAS_LEFT"] or flags["HAS_RIGHT"]
     bm1, bn1, w1, s1 = _shrink(config if not deterministic else config[0], block_mask)
     mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask_t, bm1, bn1, q.device)
-    _bwd_dkdv_kernel[(triton.cdiv(seqlen_k, bn1), batch * Hk)](
-        *common, dk4, dv4, acc_args[0], cu_q, cu_k, *mask_ptrs, *strides,
+    # key tiles: the first ones are the heaviest under a causal band, so never reversed
+    grid, order, sched = launch_schedule(
+        triton.cdiv(seqlen_k, bn1), batch * Hk, bn1, block_mask_t, reverse=False,
+        varlen=varlen, mode=schedule, transposed=True)
+    _bwd_dkdv_kernel[grid](
+        *common, dk4, dv4, acc_args[0], cu_q, cu_k, order if order is not None else dummy,
+        *mask_ptrs, *strides,
         dk4.stride(0), dk4.stride(1), dk4.stride(2), dv4.stride(0), dv4.stride(1), dv4.stride(2),
         *acc_args[1:], *lse_strides, *mask_strides, seqlen_q, seqlen_k, Hk, Hq // Hk, **band,
-        BLOCK_M=bm1, BLOCK_N=bn1, **flags, **mask_meta, ATOMIC_DQ=not deterministic,
+        BLOCK_M=bm1, BLOCK_N=bn1, **flags, **mask_meta, ATOMIC_DQ=not deterministic, **sched,
+        FLAT_MASK=flat_mask(block_mask_t, band_any, seqlen_k, seqlen_q),
         num_warps=w1, num_stages=s1)
 
     if not deterministic:
@@ -587,9 +721,13 @@ def flash_attn_bwd(
 
     bm2, bn2, w2, s2 = _shrink(config[1], block_mask)
     mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask, bm2, bn2, q.device)
-    _bwd_dq_kernel[(triton.cdiv(seqlen_q, bm2), batch * Hq)](
-        *common, dq4, cu_q, cu_k, *mask_ptrs, *strides,
+    grid, order, sched = launch_schedule(
+        triton.cdiv(seqlen_q, bm2), batch * Hq, bm2, block_mask, reverse=flags["HAS_RIGHT"],
+        varlen=varlen, mode=schedule)
+    _bwd_dq_kernel[grid](
+        *common, dq4, cu_q, cu_k, order if order is not None else dummy, *mask_ptrs, *strides,
         dq4.stride(0), dq4.stride(1), dq4.stride(2),
         *lse_strides, *mask_strides, seqlen_q, seqlen_k, Hq, Hq // Hk, **band,
-        BLOCK_M=bm2, BLOCK_N=bn2, **flags, **mask_meta, num_warps=w2, num_stages=s2)
+        BLOCK_M=bm2, BLOCK_N=bn2, **flags, **mask_meta, **sched,
+        FLAT_MASK=flat_mask(block_mask, band_any, seqlen_k), num_warps=w2, num_stages=s2)
     return dq, dk, dv
