@@ -93,6 +93,9 @@ def main() -> None:
     ap.add_argument("--out", default="attn_schedule_probe.json")
     ap.add_argument("--rep", type=int, default=200, help="do_bench rep (ms)")
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run (Triton interpreter)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="instead of the schedule table: tile configs of the three kernels on "
+                         "the document mask (default schedule), with varlen as reference")
     args = ap.parse_args()
     cfg = SMOKE if args.smoke else GPU
     D, H, TOKENS, dt = cfg["D"], cfg["H"], cfg["tokens"], cfg["dtype"]
@@ -158,25 +161,52 @@ def main() -> None:
         print(f"{label:48s} fwd {row['fwd_tflops']:6.1f}  bwd {row['bwd_tflops']:6.1f} "
               f"TFLOP/s", flush=True)
 
-    def launchers(sched, m, mt, qq=q, kk=k, vv_=v, dd=dout, **kw):
+    def launchers(sched, m, mt, qq=q, kk=k, vv_=v, dd=dout, fcfg=None, bcfg=None, **kw):
         o, lse = flash_attn_fwd(qq, kk, vv_, softmax_scale=scale, block_mask=m,
                                 schedule=sched, **kw)
         bkw = {x: kw[x] for x in kw if x != "max_seqlen_q"}
         if "cu_seqlens_q" in kw:
             bkw.update(max_seqlen_q=kw["max_seqlen_q"], max_seqlen_k=kw["max_seqlen_q"])
         return (lambda: flash_attn_fwd(qq, kk, vv_, softmax_scale=scale, block_mask=m,
-                                       schedule=sched, **kw),
+                                       schedule=sched, config=fcfg, **kw),
                 lambda: flash_attn_bwd(dd, qq, kk, vv_, o, lse, softmax_scale=scale,
                                        block_mask=m, block_mask_t=mt, deterministic=True,
-                                       schedule=sched, **bkw))
+                                       schedule=sched, config=bcfg, **bkw))
+
+    doc_flops = 4 * H * D * visible
+    if args.sweep:
+        bench("varlen documents, default", doc_flops,
+              *launchers(None, None, None, qv, kv_, vv, dout[0], causal=True,
+                         cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lens)))
+        bench("document mask, default", doc_flops, *launchers(None, bm, bm_t))
+        fwd_cfgs = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 128, 8, 3),
+                    (128, 32, 8, 3), (64, 64, 4, 3)]
+        dkdv_cfgs = [(64, 128, 8, 1), (32, 128, 8, 2), (64, 64, 4, 2), (128, 128, 8, 2)]
+        dq_cfgs = [(64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (128, 128, 8, 2)]
+        default_b = ((64, 128, 8, 2), (64, 64, 4, 2))
+        if args.smoke:
+            fwd_cfgs, dkdv_cfgs, dq_cfgs = [(32, 32, 4, 1)], [(32, 32, 4, 1)], [(32, 32, 4, 1)]
+            default_b = ((32, 32, 4, 1), (32, 32, 4, 1))
+        for c in fwd_cfgs:
+            bench(f"document mask, fwd {c}", doc_flops, *launchers(None, bm, bm_t, fcfg=c))
+        for c in dkdv_cfgs:
+            bench(f"document mask, dK/dV {c}", doc_flops,
+                  *launchers(None, bm, bm_t, bcfg=(c, default_b[1])))
+        for c in dq_cfgs:
+            bench(f"document mask, dQ {c}", doc_flops,
+                  *launchers(None, bm, bm_t, bcfg=(default_b[0], c)))
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+        print(f"\nall checks ok: {all(c['ok'] for c in res['checks'])}; wrote {args.out}")
+        return
 
     for sched in SCHEDULES:
-        bench(f"document mask, {sched}", 4 * H * D * visible, *launchers(sched, bm, bm_t))
+        bench(f"document mask, {sched}", doc_flops, *launchers(sched, bm, bm_t))
     for sched in SCHEDULES:
-        bench(f"document mask, partial as full (probe), {sched}", 4 * H * D * visible,
+        bench(f"document mask, partial as full (probe), {sched}", doc_flops,
               *launchers(sched, probe, probe_t))
     for sched in ("tiles", "bh_first"):
-        bench(f"varlen documents, {sched}", 4 * H * D * visible,
+        bench(f"varlen documents, {sched}", doc_flops,
               *launchers(sched, None, None, qv, kv_, vv, dout[0], causal=True,
                          cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(lens)))
     for S, causal in cfg["dense"]:

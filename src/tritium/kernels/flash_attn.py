@@ -433,9 +433,14 @@ def block_mask_args(block_mask, q_tile: int, kv_tile: int, device) -> tuple[list
 # Program order: "tiles" = grid (tiles, B*H), tiles reversed when causal (the heaviest first
 # within each head); "bh_first" = grid (B*H, tiles), the same order across all heads;
 # "ordered" = "bh_first" with a BlockMask's blocks sorted by their listed work, heaviest first
-# (without a mask it falls back to "bh_first").
+# (without a mask it falls back to "bh_first"). Defaults from an H100 probe (2026-11-23,
+# benchmarks/attn_schedule_probe.py, D 128, bf16, 16k tokens, TFLOP/s fwd / bwd): dense and
+# varlen run best as "tiles" (causal 16k 469 / 335 vs 418 / 325 "bh_first"; varlen documents
+# 364 / 227 vs 346 / 209); the document BlockMask as "bh_first" (286 / 256 vs 243 / 238
+# "tiles" and 222 / 223 "ordered").
 SCHEDULES = ("tiles", "bh_first", "ordered")
 DEFAULT_SCHEDULE = "tiles"
+DEFAULT_MASK_SCHEDULE = "bh_first"
 
 
 def block_order(block_mask, transposed: bool = False) -> torch.Tensor:
@@ -461,7 +466,7 @@ def launch_schedule(n_tiles: int, n_bh: int, tile: int, block_mask, *, reverse: 
     """(grid, order tensor or None, scheduling constexprs) for the attention kernels.
     ``reverse``: later tiles are heavier (causal rows); "tiles" does not reverse varlen
     launches (its measured default), the others do."""
-    mode = mode or DEFAULT_SCHEDULE
+    mode = mode or (DEFAULT_MASK_SCHEDULE if block_mask is not None else DEFAULT_SCHEDULE)
     if mode not in SCHEDULES:
         raise ValueError(f"schedule {mode!r}: expected one of {SCHEDULES}")
     if mode == "ordered" and block_mask is not None:
