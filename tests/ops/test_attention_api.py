@@ -116,6 +116,30 @@ def test_bad_cu_seqlens():
         f(q[None], k, v, good, good, 6, 6)
 
 
+def test_cu_seqlens_values_checked_once_per_tensor(monkeypatch):
+    """The values check (a device sync) runs once per cu_seqlens pair, and again for another
+    tensor or after an in-place change, which it then refuses."""
+    from tritium.ops import attention_checks
+
+    q, k, v = (t[0] for t in qkv(B=1, Sq=10, Sk=10))
+    cu_q, cu_k = cu([4, 6]), cu([4, 6])
+    calls = []
+    real = attention_checks._cu_stats
+    monkeypatch.setattr(attention_checks, "_cu_stats",
+                        lambda a, b: calls.append(1) or real(a, b))
+    f = tritium.flash_attn_varlen_func
+    f(q, k, v, cu_q, cu_k, 6, 6)
+    f(q, k, v, cu_q, cu_k, 6, 6)
+    assert len(calls) == 1
+    f(q, k, v, cu_q.clone(), cu_k, 6, 6)  # same values, another tensor: checked
+    f(q, k, v, cu_q, cu_k, 7, 6)  # another max_seqlen: checked
+    assert len(calls) == 3
+    f(q, k, v, cu_q, cu_k, 6, 6)  # cached again
+    cu_q[1] = 7  # in place: the version counter moves, so the pair is checked and refused
+    with pytest.raises(ValueError, match="more than max_seqlen 6"):
+        f(q, k, v, cu_q, cu_k, 6, 6)
+
+
 def full_block_mask(Sq, Sk, bs=16):
     """A BlockMask with every block full (no partial tiles)."""
     nq, nk = -(-Sq // bs), -(-Sk // bs)

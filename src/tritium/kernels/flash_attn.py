@@ -372,12 +372,22 @@ def head_dim_padded(head_dim: int) -> int:
 _FWD_SHORT_CAUSAL = {128: (128, 32, 8, 3)}
 
 
+# BlockMask launches at D 128 (the flat listed-block loops): smaller query tiles, 4 warps. H100
+# sweep on the 16k document mask (benchmarks/attn_schedule_probe.py --sweep, 2026-11-23):
+# 310 TFLOP/s vs 286 for the dense default (128, 64, 8, 4); (128, 64, 8, 2) 294, key tiles of
+# 128 271-277, of 32 215.
+_FWD_MASK = {128: (64, 64, 4, 3)}
+
+
 def fwd_config(head_dim: int, causal: bool, interpret: bool,
-               seqlen_q: int | None = None) -> tuple[int, int, int, int]:
+               seqlen_q: int | None = None,
+               block_mask: bool = False) -> tuple[int, int, int, int]:
     """Default (BLOCK_M, BLOCK_N, num_warps, num_stages) for the forward kernel."""
     if interpret:
         return _INTERPRET_CONFIG
     d_pad = head_dim_padded(head_dim)
+    if block_mask and d_pad in _FWD_MASK:
+        return _FWD_MASK[d_pad]
     if causal and seqlen_q is not None and seqlen_q <= 1024 and d_pad in _FWD_SHORT_CAUSAL:
         return _FWD_SHORT_CAUSAL[d_pad]
     return _FWD_CONFIGS[(d_pad, causal)]
@@ -511,7 +521,8 @@ def flash_attn_fwd(
     if out.numel() == 0 or batch == 0:
         lse.fill_(float("-inf"))
         return out, lse
-    bm_, bn, warps, stages = config or fwd_config(D, causal, _interpreting(), seqlen_q)
+    bm_, bn, warps, stages = config or fwd_config(D, causal, _interpreting(), seqlen_q,
+                                                  block_mask is not None)
     if block_mask is not None:
         bm_, bn = min(bm_, block_mask.q_block_size), min(bn, block_mask.kv_block_size)
     mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask, bm_, bn, q.device)
