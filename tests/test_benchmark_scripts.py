@@ -78,3 +78,18 @@ def test_cpu_decode_steps_script():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert [line.split(":")[0].split()[-1] for line in proc.stdout.splitlines()
             if line.startswith("batch")] == ["1", "3"]
+
+
+def test_attn_schedule_probe_smoke(tmp_path):
+    """The GPU probe's CPU mode (interpreter): every schedule bitwise equal to the default, the
+    document mask equal to varlen, and a timing row per case."""
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attn_schedule_probe.py"),
+                           "--smoke", "--out", str(out)], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert len(res["checks"]) == 6 and all(c["ok"] for c in res["checks"]), res["checks"]
+    cases = [r["case"] for r in res["timings"]]
+    assert len(cases) == 3 + 3 + 2 + 2  # mask x3 schedules, probe x3, varlen x2, dense x2
+    assert all(r["fwd_ms"] > 0 and r["bwd_ms"] > 0 for r in res["timings"])
