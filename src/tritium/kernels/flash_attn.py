@@ -126,6 +126,25 @@ def _fwd_loop(
 
 
 @triton.jit
+def _listed_tile(t, idx_ptr, tile_id_ptr, tiles_ptr, tile_offs, TILE: tl.constexpr,
+                 BLOCK: tl.constexpr, TILE_ELEMS: tl.constexpr, ELEM_STEP: tl.constexpr,
+                 HAS_TILE: tl.constexpr):
+    """Tile t of a flat walk over listed mask blocks (BLOCK / TILE kernel tiles per block):
+    its first index along the walked axis, and (HAS_TILE) the pointers of its window in the
+    block's element tile, which advances ELEM_STEP elements per index along that axis."""
+    R: tl.constexpr = BLOCK // TILE
+    j = t // R
+    within = (t % R) * TILE
+    start = tl.load(idx_ptr + j) * BLOCK + within
+    if HAS_TILE:
+        tile = tl.load(tile_id_ptr + j).to(tl.int64) * TILE_ELEMS + within * ELEM_STEP
+        t_ptrs = tiles_ptr + tile + tile_offs
+    else:
+        t_ptrs = tiles_ptr
+    return start, t_ptrs
+
+
+@triton.jit
 def _fwd_listed_loop(
     acc, l_i, m_i, q, k_base, v_base, idx_ptr, tile_id_ptr, tiles_ptr, tile_offs, n_blocks,
     stride_kn, stride_vn, k_offs, v_offs, d_ok, offs_m, offs_n, seqlen_k, diag_lo, diag_hi,
@@ -138,16 +157,9 @@ def _fwd_listed_loop(
     tiles per block), so the compiler can pipeline loads across blocks; a loop per block has
     only R iterations to pipeline. With HAS_TILE, block j's element tile is
     ``tiles_ptr + tile_id[j] * TILE_ELEMS`` (+ ``tile_offs``, the program's rows)."""
-    R: tl.constexpr = KV_BLOCK // BLOCK_N
-    for t in range(0, n_blocks * R):
-        j = t // R
-        within = (t % R) * BLOCK_N
-        start_n = tl.load(idx_ptr + j) * KV_BLOCK + within
-        if HAS_TILE:
-            tile = tl.load(tile_id_ptr + j).to(tl.int64) * TILE_ELEMS + within
-            t_ptrs = tiles_ptr + tile + tile_offs
-        else:
-            t_ptrs = tiles_ptr
+    for t in range(0, n_blocks * (KV_BLOCK // BLOCK_N)):
+        start_n, t_ptrs = _listed_tile(t, idx_ptr, tile_id_ptr, tiles_ptr, tile_offs, BLOCK_N,
+                                       KV_BLOCK, TILE_ELEMS, 1, HAS_TILE)
         acc, l_i, m_i = _fwd_tile(
             acc, l_i, m_i, q, k_base, v_base, start_n, stride_kn, stride_vn, k_offs, v_offs,
             d_ok, t_ptrs, offs_m, offs_n, seqlen_k, diag_lo, diag_hi, qk_scale, softcap_scale,

@@ -35,6 +35,7 @@ from tritium.kernels.flash_attn import (
     _band_ranges,
     _clip,
     _interpreting,
+    _listed_tile,
     _lse_strides,
     _schedule,
     _seq_bounds,
@@ -190,17 +191,9 @@ def _dkdv_listed_loop(
     the forward's ``_fwd_listed_loop``: R = Q_BLOCK / BM tiles per block; with HAS_TILE,
     block j's element tile is ``tiles_ptr + tile_id[j] * Q_BLOCK * KV_BLOCK`` (+
     ``tile_offs``, the program's key columns)."""
-    R: tl.constexpr = Q_BLOCK // BLOCK_M
-    for t in range(0, n_blocks * R):
-        j = t // R
-        within = (t % R) * BLOCK_M
-        start_m = tl.load(idx_ptr + j) * Q_BLOCK + within
-        if HAS_TILE:
-            tile = tl.load(tile_id_ptr + j).to(tl.int64) * (Q_BLOCK * KV_BLOCK) \
-                + within * KV_BLOCK
-            t_ptrs = tiles_ptr + tile + tile_offs
-        else:
-            t_ptrs = tiles_ptr
+    for t in range(0, n_blocks * (Q_BLOCK // BLOCK_M)):
+        start_m, t_ptrs = _listed_tile(t, idx_ptr, tile_id_ptr, tiles_ptr, tile_offs, BLOCK_M,
+                                       Q_BLOCK, Q_BLOCK * KV_BLOCK, KV_BLOCK, HAS_TILE)
         dk, dv = _dkdv_tile(
             dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, start_m, stride_qs,
             stride_dos, stride_dqs, q_offs, do_offs, dq_offs, d_ok, t_ptrs, offs_m, offs_n,
@@ -430,16 +423,9 @@ def _dq_listed_loop(
 ):
     """The key tiles of ``n_blocks`` listed mask blocks as one flat loop (as the forward's
     ``_fwd_listed_loop``)."""
-    R: tl.constexpr = KV_BLOCK // BLOCK_N
-    for t in range(0, n_blocks * R):
-        j = t // R
-        within = (t % R) * BLOCK_N
-        start_n = tl.load(idx_ptr + j) * KV_BLOCK + within
-        if HAS_TILE:
-            tile = tl.load(tile_id_ptr + j).to(tl.int64) * TILE_ELEMS + within
-            t_ptrs = tiles_ptr + tile + tile_offs
-        else:
-            t_ptrs = tiles_ptr
+    for t in range(0, n_blocks * (KV_BLOCK // BLOCK_N)):
+        start_n, t_ptrs = _listed_tile(t, idx_ptr, tile_id_ptr, tiles_ptr, tile_offs, BLOCK_N,
+                                       KV_BLOCK, TILE_ELEMS, 1, HAS_TILE)
         dq = _dq_tile(dq, q, do, lse2, delta, k_base, v_base, start_n, stride_ks, stride_vs,
                       k_offs, v_offs, d_ok, t_ptrs, offs_m, offs_n, seqlen_k, diag_lo, diag_hi,
                       qk_scale, softcap_scale, softcap_log2, BLOCK_N, EVEN_D, MASKED, HAS_TILE,
