@@ -89,6 +89,20 @@ def _bwd_preprocess_kernel(
 
 
 @triton.jit
+def _probs(qk, lse2, qk_scale, softcap_scale, softcap_log2, SOFTCAP: tl.constexpr):
+    """Recomputed probabilities P = exp2(s - lse2) from raw scores ``qk`` (``lse2`` already
+    broadcast to qk's layout), and the cap's tanh (``qk`` itself without SOFTCAP), which the
+    gradient of the cap needs."""
+    t = qk  # defined on both paths (Triton scoping)
+    if SOFTCAP:
+        t = _tanh(qk * softcap_scale)
+        s = t * softcap_log2
+    else:
+        s = qk * qk_scale
+    return tl.math.exp2(s - lse2), t
+
+
+@triton.jit
 def _dkdv_tile(
     dk, dv, k, v, q_base, do_base, lse_base, delta_base, dq_base, start_m, stride_qs,
     stride_dos, stride_dqs, q_offs, do_offs, dq_offs, d_ok, tile_ptrs, offs_m, offs_n, seqlen_q,
@@ -121,14 +135,8 @@ def _dkdv_tile(
         lse2 = tl.load(lse_base + rows)
         delta = tl.load(delta_base + rows)
     # -- P^T: (BN, BM) --
-    qkT = tl.dot(k, tl.trans(q))
-    tT = qkT  # defined on both paths (Triton scoping); the tanh of the cap when SOFTCAP
-    if SOFTCAP:
-        tT = _tanh(qkT * softcap_scale)
-        sT = tT * softcap_log2
-    else:
-        sT = qkT * qk_scale
-    pT = tl.math.exp2(sT - lse2[None, :])
+    pT, tT = _probs(tl.dot(k, tl.trans(q)), lse2[None, :], qk_scale, softcap_scale,
+                    softcap_log2, SOFTCAP)
     if MASKED:
         okT = _visible(rows[None, :], offs_n[:, None], seqlen_k, diag_lo, diag_hi,
                        HAS_LEFT, HAS_RIGHT)
@@ -373,14 +381,8 @@ def _dq_tile(
     else:
         k = tl.load(k_base + n64 * stride_ks + k_offs, mask=d_ok, other=0.0)
         v = tl.load(v_base + n64 * stride_vs + v_offs, mask=d_ok, other=0.0)
-    qk = tl.dot(q, tl.trans(k))  # (BM, BN)
-    t = qk  # defined on both paths (Triton scoping); the tanh of the cap when SOFTCAP
-    if SOFTCAP:
-        t = _tanh(qk * softcap_scale)
-        s = t * softcap_log2
-    else:
-        s = qk * qk_scale
-    p = tl.math.exp2(s - lse2[:, None])
+    p, t = _probs(tl.dot(q, tl.trans(k)), lse2[:, None], qk_scale, softcap_scale,
+                  softcap_log2, SOFTCAP)  # (BM, BN)
     if MASKED:
         ok = _visible(offs_m[:, None], (start_n + offs_n)[None, :], seqlen_k, diag_lo,
                       diag_hi, HAS_LEFT, HAS_RIGHT)
