@@ -314,6 +314,9 @@ def table() -> None:
     bad = [c for c in RESULTS["correctness"] if not c["ok"]]
     log(f"correctness: {len(RESULTS['correctness']) - len(bad)}/{len(RESULTS['correctness'])} "
         f"ok" + (f"; FAILED: {[c['name'] for c in bad]}" if bad else ""))
+    if RESULTS["errors"]:  # a section that raised stopped early: its count above is partial
+        log(f"ERRORS in sections {[e[0] for e in RESULTS['errors']]} (tracebacks in the JSON); "
+            "their checks after the exception did not run")
 
 
 def main() -> None:

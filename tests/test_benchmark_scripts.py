@@ -93,3 +93,22 @@ def test_attn_schedule_probe_smoke(tmp_path):
     cases = [r["case"] for r in res["timings"]]
     assert len(cases) == 3 + 3 + 2 + 2  # mask x3 schedules, probe x3, varlen x2, dense x2
     assert all(r["fwd_ms"] > 0 and r["bwd_ms"] > 0 for r in res["timings"])
+
+
+def test_attn_fwd_probe_variants_smoke(tmp_path):
+    """The forward probe's stand-alone loop variants under the interpreter: the hand-pipelined
+    loop (scores of tile j+1 issued before the softmax of tile j, a tiny synchronising dot) and
+    the TMA-descriptor loads give the library's output, causal and not."""
+    out = tmp_path / "variants.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "attn_fwd_probe.py"),
+                           "--smoke", "--modes", "plain,pipe", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["causal"] for r in rows] == [False, True]
+    for r in rows:
+        assert not r["failed"], r["failed"]
+        names = {n.split(" ")[0] for n in r["err"]}
+        assert {"plain", "pipe"} <= names, names
+        # fp16 outputs of the same math, different summation order: within fp16 rounding
+        assert all(e <= 2e-3 for e in r["err"].values()), r["err"]

@@ -362,12 +362,14 @@ def _flash_attn_fwd_kernel(
 # -- launcher --------------------------------------------------------------------------------
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages) per (padded head dim, causal). D 64/128: the
-# fastest of a sweep on an H100 at S = 4096 (docs/perf-notes.md, 2026-11-23); D 32 takes D 64's;
-# D 256 is chosen for no register spills (ptxas), not timed.
+# fastest of a sweep on an H100 at S = 4096 (docs/perf-notes.md, 2026-11-23); D 128 causal:
+# key tiles of 128 (launcher sweep, benchmarks/attn_fwd_probe.py --part library: 412 vs 393
+# TFLOP/s at 4k, 511 vs 455 at 16k); D 32 takes D 64's; D 256 is chosen for no register
+# spills (ptxas), not timed.
 _FWD_CONFIGS = {
     (32, False): (128, 64, 8, 3), (32, True): (128, 64, 8, 3),
     (64, False): (128, 64, 8, 3), (64, True): (128, 64, 8, 3),
-    (128, False): (128, 64, 8, 4), (128, True): (128, 64, 8, 4),
+    (128, False): (128, 64, 8, 4), (128, True): (128, 128, 8, 3),
     (256, False): (128, 32, 8, 2), (256, True): (128, 32, 8, 2),
 }
 _INTERPRET_CONFIG = (32, 32, 4, 1)  # the interpreter: few, small tiles (tests pass others)
