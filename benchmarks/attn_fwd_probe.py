@@ -38,7 +38,6 @@ import argparse
 import datetime
 import json
 import os
-import random
 import sys
 import time
 
@@ -48,6 +47,7 @@ if "--smoke" in sys.argv:  # before triton is imported: the interpreter replaces
 import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
+from attention import random_doc_lens  # noqa: E402  (benchmarks/attention.py)
 
 from tritium.kernels.flash_attn import flash_attn_fwd  # noqa: E402
 from tritium.ops import block_mask as tbm  # noqa: E402
@@ -232,14 +232,6 @@ LIB_SMOKE = dict(tokens=128, dtype=torch.float16, seqs=(64,), docs=(16, 48),
                  configs={32: ((16, 16, 4, 1),)}, mask_configs=((16, 16, 4, 1),))
 
 
-def doc_lens(tokens: int, lo: int, hi: int, seed: int = 0) -> list[int]:
-    """benchmarks/attention.py's random_doc_lens(tokens, lo, hi, seed)."""
-    rng, lens = random.Random(seed), []
-    while sum(lens) < tokens:
-        lens.append(min(rng.randint(lo, hi), tokens - sum(lens)))
-    return lens
-
-
 def library_sweep(smoke: bool) -> dict:
     """Launcher TFLOP/s per (case, config), after comparing each config's output with the
     default config's."""
@@ -276,7 +268,7 @@ def library_sweep(smoke: bool) -> dict:
                         q, k, v, softmax_scale=D ** -0.5, causal=causal, config=c), configs)
     D = max(cfg["configs"])
     H = 4 if smoke else 2048 // D
-    lens = doc_lens(T, *cfg["docs"])
+    lens = random_doc_lens(T, *cfg["docs"], seed=0)  # attention.py's documents
     cu = torch.tensor([0, *torch.tensor(lens).cumsum(0).tolist()], dtype=torch.int32,
                       device=dev)
     flops = 4 * H * D * sum(L * L for L in lens) / 2
