@@ -232,16 +232,21 @@ LIB_SMOKE = dict(tokens=128, dtype=torch.float16, seqs=(64,), docs=(16, 48),
                  configs={32: ((16, 16, 4, 1),)}, mask_configs=((16, 16, 4, 1),))
 
 
-def library_sweep(smoke: bool) -> dict:
+def library_sweep(smoke: bool, extra=(), head_dims=None, peers=False) -> dict:
     """Launcher TFLOP/s per (case, config), after comparing each config's output with the
-    default config's."""
+    default config's. ``extra`` configs are tried for every head dim; ``head_dims`` limits
+    the dense cases; ``peers`` also times cuDNN SDPA on each dense case."""
     cfg = LIB_SMOKE if smoke else LIB_GPU
+    cfg = dict(cfg, configs={D: (*c, *extra) for D, c in cfg["configs"].items()
+                             if head_dims is None or D in head_dims or D == max(cfg["configs"])})
     dev, dt, T = ("cpu" if smoke else "cuda"), cfg["dtype"], cfg["tokens"]
     res = dict(rows=[], checks=[])
 
-    def run(name, flops, call, configs):
+    def run(name, flops, call, configs, peer=None):
         row = dict(case=name, tflops={})
         ref = call(None)[0].float()
+        if peer is not None:
+            row["tflops"]["cudnn"] = round(flops / bench(peer, smoke) / 1e9, 1)
         for conf in (None, *configs):
             try:
                 err = (call(conf)[0].float() - ref).abs().max().item()
@@ -262,10 +267,12 @@ def library_sweep(smoke: bool) -> dict:
             B = T // S
             q, k, v = (torch.randn(B, S, H, D, device=dev, dtype=dt) for _ in range(3))
             for causal in (False, True):
+                peer = sdpa_peers(q, k, v, causal).get("cudnn") if peers else None
                 run(f"D{D} S{S} {'causal' if causal else 'full'}",
                     4 * B * H * S * S * D / (2 if causal else 1),
                     lambda c, q=q, k=k, v=v, D=D, causal=causal: flash_attn_fwd(
-                        q, k, v, softmax_scale=D ** -0.5, causal=causal, config=c), configs)
+                        q, k, v, softmax_scale=D ** -0.5, causal=causal, config=c), configs,
+                    peer)
     D = max(cfg["configs"])
     H = 4 if smoke else 2048 // D
     lens = random_doc_lens(T, *cfg["docs"], seed=0)  # attention.py's documents
@@ -296,12 +303,20 @@ def main() -> None:
     ap.add_argument("--part", choices=("variants", "library"), default="variants")
     ap.add_argument("--modes", default="plain,pipe,ws")
     ap.add_argument("--no-tma", action="store_true", help="pointer loads only")
+    ap.add_argument("--extra-configs", default="",
+                    help="library part: more tiles for every head dim, e.g. '64,64,4,3 64,32,4,3'")
+    ap.add_argument("--head-dims", default="", help="library part: dense head dims, e.g. 128")
+    ap.add_argument("--peers", action="store_true", help="library part: time cuDNN SDPA too")
     args = ap.parse_args()
     if args.part == "library":
         result = dict(date=datetime.date.today().isoformat(), torch=torch.__version__,
                       triton=triton.__version__,
                       device="cpu (interpreter)" if args.smoke else torch.cuda.get_device_name(),
-                      **library_sweep(args.smoke))
+                      **library_sweep(
+                          args.smoke,
+                          [tuple(int(x) for x in c.split(",")) for c in args.extra_configs.split()],
+                          [int(d) for d in args.head_dims.split(",")] if args.head_dims else None,
+                          args.peers and not args.smoke))
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(result, f, indent=1)

@@ -42,6 +42,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fp8: e4m3 cache (scale 1), half the K/V bytes")
     p.add_argument("--sweep", action="store_true", help="batch 1..256 x context 512..32k")
     p.add_argument("--tune", action="store_true", help="time kernel configs at the headline")
+    p.add_argument("--splits", default="",
+                   help="also time these forced split counts, e.g. '1,2,4', at each point")
+    p.add_argument("--points", default="",
+                   help="more batch x context points, e.g. '136x2048,96x3072'")
     p.add_argument("--max-kv-gib", type=float, default=8.0, help="skip larger sweep points")
     p.add_argument("--rep-ms", type=int, default=40, help="do_bench repetition time")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run under the interpreter")
@@ -229,6 +233,13 @@ def main(argv=None) -> dict:
 
     rows = [point(args.batch, args.context)]
     tuned, split_study = [], []
+    points = [(args.batch, args.context)] + [
+        tuple(int(x) for x in pc.split("x")) for pc in args.points.split(",") if pc]
+    for b, c in points:
+        if (b, c) != points[0]:
+            rows.append(point(b, c, baseline=False))
+        for splits in (int(x) for x in args.splits.split(",") if x):
+            split_study.append(point(b, c, baseline=False, num_splits=splits))
     if args.tune and not args.smoke:
         for cfg in TUNE_CONFIGS:
             tuned.append(point(args.batch, args.context, baseline=False, **cfg))

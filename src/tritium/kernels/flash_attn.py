@@ -361,15 +361,15 @@ def _flash_attn_fwd_kernel(
 
 # -- launcher --------------------------------------------------------------------------------
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages) per (padded head dim, causal). D 64/128: the
-# fastest of a sweep on an H100 at S = 4096 (docs/perf-notes.md, 2026-11-23); D 128 causal:
-# key tiles of 128 (launcher sweep, benchmarks/attn_fwd_probe.py --part library: 412 vs 393
-# TFLOP/s at 4k, 511 vs 455 at 16k); D 32 takes D 64's; D 256 is chosen for no register
-# spills (ptxas), not timed.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages) per (padded head dim, causal). D 64: the fastest
+# of a sweep on an H100 at S = 4096 (docs/perf-notes.md, 2026-11-23); D 128: key tiles of 128
+# (launcher sweeps, benchmarks/attn_fwd_probe.py --part library; causal 412 vs 393 TFLOP/s at
+# 4k, 511 vs 455 at 16k; full 483 vs 461 and 504 vs 495 in the third sweep, ahead in all
+# three); D 32 takes D 64's; D 256 is chosen for no register spills (ptxas), not timed.
 _FWD_CONFIGS = {
     (32, False): (128, 64, 8, 3), (32, True): (128, 64, 8, 3),
     (64, False): (128, 64, 8, 3), (64, True): (128, 64, 8, 3),
-    (128, False): (128, 64, 8, 4), (128, True): (128, 128, 8, 3),
+    (128, False): (128, 128, 8, 3), (128, True): (128, 128, 8, 3),
     (256, False): (128, 32, 8, 2), (256, True): (128, 32, 8, 2),
 }
 _INTERPRET_CONFIG = (32, 32, 4, 1)  # the interpreter: few, small tiles (tests pass others)
@@ -388,7 +388,7 @@ _FWD_SHORT_CAUSAL = {128: (128, 32, 8, 3)}
 
 # BlockMask launches at D 128 (the flat listed-block loops): smaller query tiles, 4 warps. H100
 # sweep on the 16k document mask (benchmarks/attn_schedule_probe.py --sweep, 2026-11-23):
-# 310 TFLOP/s vs 286 for the dense default (128, 64, 8, 4); (128, 64, 8, 2) 294, key tiles of
+# 310 TFLOP/s vs 286 for (128, 64, 8, 4), then the dense default; (128, 64, 8, 2) 294, key tiles of
 # 128 271-277, of 32 215.
 _FWD_MASK = {128: (64, 64, 4, 3)}
 
