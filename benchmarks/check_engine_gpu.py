@@ -14,7 +14,10 @@ greedily from random-weight models. Three checks per case:
    bf16 near-tie may flip; each divergence is reported with both tokens' fp32 gaps at the first
    differing position (both < 0.5 std = a rounding tie, explained);
 3. a decode batch replayed from its graph against the same padded static buffers run eagerly
-   (bit-identical expected: same kernels, same shapes) and against the unpadded eager forward.
+   (bit-identical expected: same kernels, same shapes) and against the unpadded eager forward;
+4. the same requests with async scheduling (step N+1 launched before step N's tokens are read,
+   its placeholder inputs filled on the device): the batches are the same as in the first run,
+   so the tokens should be identical; divergences are judged as in 2.
 
 Prints a table; writes JSON to --out. ``--smoke`` runs one tiny case on the CPU with the graphs'
 padded static-buffer path run eagerly (what tests exercise; no capture).
@@ -129,7 +132,7 @@ def run_case(preset: str, dtype: str, budget: int, device: str = "cuda",
         raise RuntimeError("no decode CUDA graphs were captured (enforce_eager? not CUDA?)")
     graph_steps = []
     real_run = graphs.run
-    graphs.run = lambda ids, *a: graph_steps.append(len(ids)) or real_run(ids, *a)
+    graphs.run = lambda ids, *a, **kw: graph_steps.append(len(ids)) or real_run(ids, *a, **kw)
     rng = random.Random(0)
     vocab = engine.model_config.vocab_size
     prompts = [[rng.randrange(vocab) for _ in range(n)] for n in PROMPT_LENS]
@@ -139,6 +142,9 @@ def run_case(preset: str, dtype: str, budget: int, device: str = "cuda",
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - t0
     graphs.run = real_run
+    engine.async_scheduling = True
+    overlapped = _generate(engine, prompts, "a")
+    engine.async_scheduling = False
     replay = replay_check(engine)
     runner.decode_graphs = None  # the eager path, as enforce_eager=True
     eager = _generate(engine, prompts, "e")
@@ -153,15 +159,20 @@ def run_case(preset: str, dtype: str, budget: int, device: str = "cuda",
             exact += int((argmax == torch.tensor(with_graphs[i])).sum())
             if eager[i] != with_graphs[i]:
                 divergences.append(dict(prompt=i, **_divergence(ref, p, with_graphs[i], eager[i])))
+            if overlapped[i] != with_graphs[i]:
+                divergences.append(dict(prompt=i, run="async", **_divergence(
+                    ref, p, with_graphs[i], overlapped[i])))
     total = len(prompts) * NEW_TOKENS
     same = sum(a == b for a, b in zip(with_graphs, eager))
+    same_async = sum(a == b for a, b in zip(with_graphs, overlapped))
     ok = (max(gaps) < GAP_OK and bool(graph_steps) and all(d["explained"] for d in divergences)
           and all(r["bitwise_equal_padded_eager"] for r in replay))
     return dict(preset=preset, dtype=dtype, token_budget=budget, elapsed_s=elapsed,
                 max_gap_in_std=max(gaps), exact_argmax=exact, tokens=total,
                 graph_steps=len(graph_steps), graph_batch_sizes=sorted(set(graph_steps)),
                 capture_s=graphs.capture_seconds, capture_mib=(graphs.capture_bytes or 0) / 2**20,
-                graph_vs_eager_identical=same, sequences=len(prompts), divergences=divergences,
+                graph_vs_eager_identical=same, async_vs_sync_identical=same_async,
+                sequences=len(prompts), divergences=divergences,
                 replay=replay, ok=ok)
 
 
@@ -173,7 +184,8 @@ CASES = [("smollm2-135m", "bfloat16", 8192),
 
 def _print(rows: list[dict]) -> None:
     print(f"{'preset':14} {'dtype':9} {'budget':>6} {'exact':>9} {'max gap/std':>11} "
-          f"{'graph steps':>11} {'same as eager':>13} {'replay==eager':>13}  ok")
+          f"{'graph steps':>11} {'same as eager':>13} {'same as async':>13} "
+          f"{'replay==eager':>13}  ok")
     for r in rows:
         if "error" in r:
             print(f"{r['preset']:14} {r['dtype']:9} {r['token_budget']:>6}  ERROR {r['error']}")
@@ -182,10 +194,11 @@ def _print(rows: list[dict]) -> None:
         print(f"{r['preset']:14} {r['dtype']:9} {r['token_budget']:>6} "
               f"{r['exact_argmax']:>4}/{r['tokens']:<4} {r['max_gap_in_std']:>11.3f} "
               f"{r['graph_steps']:>11} {r['graph_vs_eager_identical']:>6}/{r['sequences']:<6} "
-              f"{str(replay):>13}  {r['ok']}")
+              f"{r['async_vs_sync_identical']:>6}/{r['sequences']:<6} {str(replay):>13}  {r['ok']}")
         for d in r["divergences"]:
             print(f"    prompt {d['prompt']} diverges at token {d['position']}: graph "
-                  f"{d['graph_token']} (gap {d['graph_gap']:.3f}) vs eager {d['eager_token']} "
+                  f"{d['graph_token']} (gap {d['graph_gap']:.3f}) vs {d.get('run', 'eager')} "
+                  f"{d['eager_token']} "
                   f"(gap {d['eager_gap']:.3f}) -> {'tie' if d['explained'] else 'NOT a tie'}")
         for x in r["replay"]:
             print(f"    replay batch {x['batch']} (size {x['size']}): bitwise = padded eager "

@@ -66,9 +66,10 @@ def _reuse_loaded_model(monkeypatch):
 
 
 def make_engine(*, max_num_seqs=256, max_num_batched_tokens=8192, num_kv_blocks=None,
-                block_size=16, enable_prefix_caching=True, max_model_len=2048) -> LLMEngine:
+                block_size=16, enable_prefix_caching=True, max_model_len=2048,
+                async_scheduling=False) -> LLMEngine:
     config = EngineConfig(
-        device="cpu", dtype="float32",
+        device="cpu", dtype="float32", async_scheduling=async_scheduling,
         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs,
                                   max_num_batched_tokens=max_num_batched_tokens,
                                   max_model_len=max_model_len),
@@ -244,3 +245,89 @@ def test_prompt_longer_than_context_is_refused(prompts):
     with pytest.raises(ValueError, match="prompt has"):
         engine.add_request("long", [1] * 5000, GREEDY)
     assert not engine.has_unfinished_requests()
+
+
+# -- async scheduling: step N+1 is scheduled and launched before step N's tokens are read ------
+
+
+def test_async_greedy_matches_hf_and_overlaps(prompts, hf_greedy):
+    engine = make_engine(max_num_seqs=6, async_scheduling=True)
+    launched_ahead = []
+    real_launch = engine.runner.launch
+
+    def launch(out, prev=None):  # count steps launched while another was in flight
+        launched_ahead.append(engine._inflight is not None)
+        return real_launch(out, prev)
+
+    engine.runner.launch = launch
+    outs = run(engine, prompts, GREEDY)
+    assert _token_ids(outs) == hf_greedy
+    assert sum(launched_ahead) > 0.9 * len(launched_ahead), "steps did not overlap"
+    assert engine._inflight is None  # drained once every request finished
+
+
+@pytest.mark.parametrize(
+    "kind, kwargs",
+    [
+        ("chunked prefill, 37-token budget", dict(max_num_seqs=4, max_num_batched_tokens=37)),
+        ("block size 1, 3 at a time", dict(max_num_seqs=3, block_size=1, num_kv_blocks=4096)),
+    ],
+)
+def test_async_invariant_to_batching(kind, kwargs, prompts, hf_greedy):
+    outs = run(make_engine(async_scheduling=True, **kwargs), prompts[SUBSET], GREEDY)
+    assert _token_ids(outs) == hf_greedy[SUBSET], kind
+
+
+def test_async_preemption_and_prefix_cache(prompts):
+    params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    roomy = run(make_engine(max_model_len=320), prompts[SUBSET], params)
+    engine = make_engine(num_kv_blocks=20, max_model_len=320, async_scheduling=True)
+    tight = run(engine, prompts[SUBSET], params)
+    assert engine.scheduler.num_preemptions > 0, "the small cache never forced a preemption"
+    assert _token_ids(tight) == _token_ids(roomy)
+    hits = engine.scheduler.block_manager.prefix_cache_hits
+    again = run(engine, prompts[SUBSET], params)
+    assert engine.scheduler.block_manager.prefix_cache_hits > hits
+    assert _token_ids(again) == _token_ids(roomy)
+
+
+def test_async_aborts_stops_and_lengths(prompts):
+    engine = make_engine(max_num_seqs=4, async_scheduling=True)
+    outs = run(engine, prompts[:8], SamplingParams(temperature=0.0, max_tokens=12),
+               abort_at={"r0": 2, "r5": 5, "r7": 1})
+    sync = run(make_engine(max_num_seqs=4), prompts[:8],
+               SamplingParams(temperature=0.0, max_tokens=12))
+    for o, ref in zip(outs, sync):
+        c = o.outputs[0]
+        if o.request_id in ("r0", "r5", "r7"):
+            assert c.finish_reason == "abort"
+            assert c.token_ids == ref.outputs[0].token_ids[: len(c.token_ids)]
+            assert -1 not in c.token_ids  # no placeholder leaks into an output
+        else:
+            assert c.token_ids == ref.outputs[0].token_ids and c.finish_reason == "length"
+    full = run(make_engine(), [prompts[0]], GREEDY)[0].outputs[0].text
+    stop = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, stop=["Paris"])
+    out = run(make_engine(async_scheduling=True), [prompts[0]], stop)[0].outputs[0]
+    assert out.finish_reason == "stop" and out.text == full[: full.index("Paris")]
+    one = run(make_engine(async_scheduling=True), [prompts[1]],
+              SamplingParams(temperature=0.0, max_tokens=1, ignore_eos=True))[0].outputs[0]
+    assert len(one.token_ids) == 1 and one.finish_reason == "length"
+
+
+def test_async_seeded_siblings_and_sync_fallback(prompts):
+    params = [SamplingParams(n=3, temperature=1.0, seed=7, max_tokens=12),
+              SamplingParams(temperature=0.8, top_p=0.9, seed=3, max_tokens=10),
+              SamplingParams(temperature=0.0, max_tokens=8, logprobs=2),  # forces sync steps
+              SamplingParams(temperature=0.0, max_tokens=8, repetition_penalty=1.3)]
+    sync = run(make_engine(max_num_seqs=5), prompts[:4], params)
+    engine = make_engine(max_num_seqs=5, async_scheduling=True)
+    both = run(engine, prompts[:4], params)
+    for a, b in zip(both, sync):
+        assert [c.token_ids for c in a.outputs] == [c.token_ids for c in b.outputs]
+    assert [lp.top_token_ids for lp in both[2].outputs[0].logprobs] == \
+        [lp.top_token_ids for lp in sync[2].outputs[0].logprobs]
+    assert engine._num_sync_requests == 0
+    alone = run(make_engine(async_scheduling=True), prompts[:2], params[:2])
+    assert [[c.token_ids for c in o.outputs] for o in alone] == \
+        [[c.token_ids for c in o.outputs] for o in sync[:2]]
+

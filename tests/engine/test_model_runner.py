@@ -185,9 +185,9 @@ def _smollm():
     return load_model(None, device="cpu", dtype=torch.float32)
 
 
-def _counting(sizes, run, ids, *args):
+def _counting(sizes, run, ids, *args, **kwargs):
     sizes.append(len(ids))
-    return run(ids, *args)
+    return run(ids, *args, **kwargs)
 
 
 def test_engine_greedy_tokens_identical_with_padded_decode(monkeypatch):

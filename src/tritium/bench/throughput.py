@@ -129,6 +129,7 @@ def _build_llm(args: argparse.Namespace) -> Any:
         max_num_batched_tokens=args.max_num_batched_tokens, max_model_len=args.max_model_len,
         skip_tokenizer_init=not args.detokenize,
         enforce_eager=getattr(args, "enforce_eager", False),
+        async_scheduling=getattr(args, "async_scheduling", False),
     )
 
 
@@ -282,7 +283,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(f"device: {env['device_name']}, torch threads {env['torch_threads']}, "
                  f"model {report['config']['model'] or 'embedded SmolLM2-135M'}, "
                  f"dtype {env['dtype']}"
-                 + (", enforce_eager" if report["config"].get("enforce_eager") else ""))
+                 + (", enforce_eager" if report["config"].get("enforce_eager") else "")
+                 + (", async_scheduling" if report["config"].get("async_scheduling") else ""))
     return "\n".join(lines)
 
 

@@ -61,6 +61,8 @@ def add_throughput_arguments(p: argparse.ArgumentParser) -> None:
                    action="store_false", help="random prompts share no prefixes anyway")
     e.add_argument("--enforce-eager", action="store_true",
                    help="no CUDA graphs for decode steps (vLLM's flag; CPU is always eager)")
+    e.add_argument("--async-scheduling", action="store_true",
+                   help="schedule step N+1 while step N runs (vLLM's flag)")
     e.add_argument("--detokenize", action="store_true",
                    help="detokenize outputs (off by default: the peers do not decode either)")
     e.add_argument("--threads", type=positive_int, default=None,

@@ -119,6 +119,11 @@ class EngineConfig:
         max_cudagraph_capture_size: decode steps of up to this many sequences replay a CUDA
             graph (captured at start-up for 1, 2, 4, 8, 16, 24, ... up to it); larger ones run
             eagerly. None = min(max_num_seqs, 512).
+        async_scheduling: schedule and launch step N+1 before reading step N's tokens, so the
+            host's per-step work overlaps the device's (vLLM's ``--async-scheduling``). Same
+            outputs; a request that finishes costs one discarded row of the next step. Steps
+            run synchronously while a request with logprobs, prompt logprobs or penalties is
+            unfinished (those read the previous token on the host).
     """
 
     model: str | None = None
@@ -132,10 +137,12 @@ class EngineConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
     enforce_eager: bool = False
     max_cudagraph_capture_size: int | None = None
+    async_scheduling: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.enforce_eager, bool):
-            raise TypeError(f"enforce_eager must be a bool, got {self.enforce_eager!r}")
+        for name in ("enforce_eager", "async_scheduling"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         _positive_int("max_cudagraph_capture_size", self.max_cudagraph_capture_size,
                       allow_none=True)
         if self.dtype not in MODEL_DTYPES:

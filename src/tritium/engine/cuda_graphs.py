@@ -152,10 +152,11 @@ class DecodeGraphRunner:
     # -- one step ------------------------------------------------------------------------------
 
     def run(self, input_ids: np.ndarray, positions: np.ndarray, slot_mapping: np.ndarray,
-            seq_lens: np.ndarray, block_tables: np.ndarray) -> torch.Tensor:
+            seq_lens: np.ndarray, block_tables: np.ndarray, fill=None) -> torch.Tensor:
         """One decode step of n sequences (host arrays: (n,) int64 x3, (n,) int32,
         (n, w) int32 with w <= max_blocks) -> hidden (n, hidden), a view of a static output
-        (valid until the next call)."""
+        (valid until the next call). ``fill(ids)``, when given, edits the static input ids on
+        the device before the replay (async scheduling's placeholder tokens)."""
         n, width = block_tables.shape
         size = self.size_for(n)
         if size is None or width > self.max_blocks:
@@ -179,6 +180,8 @@ class DecodeGraphRunner:
         self.seq_lens[:size].copy_(torch.from_numpy(seq_lens), non_blocking=True)
         self.block_tables[:size, :width].copy_(torch.from_numpy(block_tables),
                                                non_blocking=True)
+        if fill is not None:
+            fill(self.input_ids)
         if not self.use_cuda_graphs:
             return self._forward(size)[:n]
         self.graphs[size].replay()

@@ -39,6 +39,8 @@ class LLM:
             (implied by models without one, e.g. "random:llama3-8b").
         enforce_eager, max_cudagraph_capture_size: CUDA graphs for decode steps (on by
             default on CUDA; see ``EngineConfig``).
+        async_scheduling: overlap the host's per-step work with the device's previous step
+            (see ``EngineConfig``).
     """
 
     def __init__(
@@ -61,11 +63,13 @@ class LLM:
         skip_tokenizer_init: bool = False,
         enforce_eager: bool = False,
         max_cudagraph_capture_size: int | None = None,
+        async_scheduling: bool = False,
     ) -> None:
         config = EngineConfig(
             model=model, tokenizer=tokenizer, dtype=dtype, device=device, seed=seed,
             skip_tokenizer_init=skip_tokenizer_init, enforce_eager=enforce_eager,
             max_cudagraph_capture_size=max_cudagraph_capture_size,
+            async_scheduling=async_scheduling,
             scheduler=SchedulerConfig(
                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                 max_model_len=max_model_len,

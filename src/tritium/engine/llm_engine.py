@@ -1,7 +1,12 @@
 """The engine loop: ``schedule() -> run() -> postprocess()``, plus detokenization and outputs.
 
-``LLMEngine`` is synchronous and single-threaded: the offline ``LLM`` API calls ``step()`` until
-every request finishes; the server's ``AsyncLLMEngine`` calls it from one background thread.
+``LLMEngine`` is single-threaded: the offline ``LLM`` API calls ``step()`` until every request
+finishes; the server's ``AsyncLLMEngine`` calls it from one background thread.
+
+With ``async_scheduling`` one ``step()`` is: schedule step N+1 (its sequences carry placeholder
+tokens for what step N samples), launch it, wait for step N's tokens and postprocess them
+while N+1 runs on the device, build outputs, then ``commit`` N+1. The host work of a step thus
+overlaps the device work of the one before. Outputs lag the synchronous loop by one call.
 """
 
 from __future__ import annotations
@@ -13,11 +18,16 @@ from typing import Any
 
 from tritium.engine.config import EngineConfig
 from tritium.engine.detokenizer import IncrementalDetokenizer
-from tritium.engine.model_runner import ModelRunner, with_resolved_lengths
+from tritium.engine.model_runner import (
+    ModelRunner,
+    PendingStep,
+    StepResult,
+    with_resolved_lengths,
+)
 from tritium.engine.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from tritium.engine.sampler import validate_sampling_params
 from tritium.engine.sampling_params import SamplingParams
-from tritium.engine.scheduler import Scheduler
+from tritium.engine.scheduler import Scheduler, SchedulerOutput
 from tritium.engine.sequence import Sequence, SequenceStatus, create_sequences
 
 logger = logging.getLogger(__name__)
@@ -61,6 +71,9 @@ class LLMEngine:
         self._by_seq: dict[int, _Request] = {}
         self._aborted: list[_Request] = []
         self._ids = itertools.count()
+        self.async_scheduling = self.config.async_scheduling
+        self._inflight: tuple[SchedulerOutput, PendingStep] | None = None  # async: step N
+        self._num_sync_requests = 0  # unfinished requests that need synchronous steps
         self.num_prompt_tokens_total = 0
         self.num_generation_tokens_total = 0
 
@@ -123,6 +136,8 @@ class LLMEngine:
             prompt_logprobs=None if params.prompt_logprobs is None else [None] * len(ids),
         )
         self._requests[request_id] = req
+        req.extra["sync"] = _needs_sync(params)
+        self._num_sync_requests += req.extra["sync"]
         for s in seqs:
             self._by_seq[s.seq_id] = req
         self.num_prompt_tokens_total += len(ids)
@@ -152,18 +167,18 @@ class LLMEngine:
         """
         touched: dict[str, _Request] = {r.request_id: r for r in self._aborted}
         self._aborted = []
-        out = self.scheduler.schedule()
-        if not out.is_empty:
-            result = self.runner.run(out)
-            for seq_id, (first, lps) in result.prompt_logprobs.items():
-                req = self._by_seq[seq_id]
-                req.prompt_logprobs[first + 1 : first + 1 + len(lps)] = lps
-            updated = self.scheduler.postprocess(out, result.sampled_token_ids, result.logprobs)
-            self.num_generation_tokens_total += len(updated)
-            for seq in updated:
-                req = self._by_seq[seq.seq_id]
-                self._detokenize(req, seq)
-                touched[req.request_id] = req
+        launched = None
+        if self.async_scheduling and not self._num_sync_requests:
+            out = self.scheduler.schedule()  # continues after the step in flight
+            prev = self._inflight
+            if not out.is_empty:
+                launched = (out, self.runner.launch(out, prev[1] if prev else None))
+            self._complete_inflight(touched)
+        else:
+            self._complete_inflight(touched)
+            out = self.scheduler.schedule()
+            if not out.is_empty:
+                self._postprocess(out, self.runner.run(out), False, touched)
         outputs = []
         for req in touched.values():
             if final_only and not all(s.is_finished for s in req.seqs):
@@ -171,7 +186,32 @@ class LLMEngine:
             outputs.append(self._output(req))
             if outputs[-1].finished:
                 self._release(req)
+        if launched is not None:
+            self.scheduler.commit(launched[0])  # after the outputs: they hold no placeholder
+            self._inflight = launched
+            if not self.scheduler.has_unfinished_requests():
+                self._complete_inflight({})  # nothing left to overlap: drain it now
         return outputs
+
+    def _complete_inflight(self, touched: dict[str, _Request]) -> None:
+        """Async scheduling: wait for the step in flight and record its tokens."""
+        if self._inflight is not None:
+            out, pending = self._inflight
+            self._inflight = None
+            self._postprocess(out, pending.result(), True, touched)
+
+    def _postprocess(self, out: SchedulerOutput, result: StepResult, committed: bool,
+                     touched: dict[str, _Request]) -> None:
+        for seq_id, (first, lps) in result.prompt_logprobs.items():
+            req = self._by_seq[seq_id]
+            req.prompt_logprobs[first + 1 : first + 1 + len(lps)] = lps
+        updated = self.scheduler.postprocess(out, result.sampled_token_ids, result.logprobs,
+                                             committed=committed)
+        self.num_generation_tokens_total += len(updated)
+        for seq in updated:
+            req = self._by_seq[seq.seq_id]
+            self._detokenize(req, seq)
+            touched[req.request_id] = req
 
     def _detokenize(self, req: _Request, seq: Sequence) -> None:
         detok = req.detoks[seq.index]
@@ -202,7 +242,8 @@ class LLMEngine:
         )
 
     def _release(self, req: _Request) -> None:
-        self._requests.pop(req.request_id, None)
+        if self._requests.pop(req.request_id, None) is not None:
+            self._num_sync_requests -= req.extra["sync"]
         for s in req.seqs:
             self._by_seq.pop(s.seq_id, None)
 
@@ -231,6 +272,13 @@ class _NoDetokenizer:
     def update(self, new_token_ids: Any, finished: bool = False) -> str:
         self.finished = self.finished or finished
         return ""
+
+
+def _needs_sync(p: SamplingParams) -> bool:
+    """Whether a request's steps read its previous token on the host (no async scheduling)."""
+    return (p.logprobs is not None or p.prompt_logprobs is not None
+            or p.repetition_penalty != 1.0 or p.presence_penalty != 0.0
+            or p.frequency_penalty != 0.0)
 
 
 def _trim(lp: Any, k: int) -> Any:

@@ -8,6 +8,11 @@ that sample (plus prompt rows of requests that asked for prompt logprobs), and s
 sync per step, at the end. On CUDA, decode-only steps of up to ``max_cudagraph_capture_size``
 sequences replay a CUDA graph instead (engine/cuda_graphs.py) unless ``enforce_eager``.
 
+``run(out)`` is ``launch(out).result()``. Async scheduling launches step N+1 before reading
+step N's tokens: a decode row whose input is still a placeholder (engine/sequence.py) takes its
+token from step N's sampled ids on the device (``launch(out, prev=step N)``), and
+``result()`` waits only for its own step's sampled ids (an event, not a stream sync).
+
 The KV cache is one (k_cache, v_cache) pair per layer, each (num_blocks, block_size, Hk, D). Its
 size: ``CacheConfig.num_kv_blocks`` when set; on CUDA, what ``gpu_memory_utilization`` of the
 card leaves after the weights and a profiling forward of a full token budget; on CPU,
@@ -19,7 +24,7 @@ handed to the scheduler.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -29,6 +34,7 @@ from tritium.engine.cuda_graphs import DecodeGraphRunner
 from tritium.engine.logprobs import TokenLogprobs, compute_prompt_logprobs
 from tritium.engine.sampler import Sampler, SamplingMetadata
 from tritium.engine.scheduler import SchedulerOutput
+from tritium.engine.sequence import PLACEHOLDER
 from tritium.models import load_model
 from tritium.ops.paged_attention import AttentionMetadata, resolve_kv_cache_dtype
 
@@ -66,6 +72,8 @@ class StepInputs:
     cu_seqlens_q: np.ndarray  # (N+1,) int32
     num_decodes: int  # sequences with one new token, packed first
     row_ends: list[int]  # per out.scheduled entry (scheduler order): its last row + 1
+    # decode rows whose input token is a placeholder: (row, seq_id); their input_ids hold 0
+    placeholders: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def decode_only(self) -> bool:
@@ -100,6 +108,7 @@ def pack_step(out: SchedulerOutput, block_size: int) -> StepInputs:
     slot_parts: list[np.ndarray] = []
     row_ends = [0] * n
     num_decodes = 0
+    placeholders: list[tuple[int, int]] = []
     for r, i in enumerate(order):
         s = sched[i]
         table = s.block_table
@@ -109,7 +118,11 @@ def pack_step(out: SchedulerOutput, block_size: int) -> StepInputs:
         row_ends[i] = int(cu[r + 1])
         if s.num_new_tokens == 1:  # plain ints: most steps are all decodes
             p = s.num_computed_tokens
-            ids.append(s.seq.token_ids[p])
+            tok = s.seq.token_ids[p]
+            if tok == PLACEHOLDER:  # sampled by the step in flight: filled in on the device
+                placeholders.append((len(ids), s.seq.seq_id))
+                tok = 0
+            ids.append(tok)
             dec_pos.append(p)
             dec_slots.append(table[p // bs] * bs + p % bs)
             num_decodes += 1
@@ -123,7 +136,7 @@ def pack_step(out: SchedulerOutput, block_size: int) -> StepInputs:
         positions=np.concatenate([np.asarray(dec_pos, dtype=np.int64), *pos_parts]),
         slot_mapping=np.concatenate([np.asarray(dec_slots, dtype=np.int64), *slot_parts]),
         seq_lens=lens, block_tables=tables, cu_seqlens_q=cu, num_decodes=num_decodes,
-        row_ends=row_ends,
+        row_ends=row_ends, placeholders=placeholders,
     )
 
 
@@ -135,6 +148,59 @@ class StepResult:
     logprobs: list[TokenLogprobs] | None  # idem, when any sampling row asked for logprobs
     # seq_id -> (first prompt position scored, logprobs of the next prompt tokens from there)
     prompt_logprobs: dict[int, tuple[int, list[TokenLogprobs]]]
+
+
+class PendingStep:
+    """A launched step: its sampled ids stay on the device until :meth:`result`.
+
+    ``index`` maps the seq_id of each sampling row to its row in ``sampled``: the next step's
+    placeholder inputs are gathered from there. On CUDA, without logprobs, the ids are copied
+    into pinned host memory behind an event, so ``result()`` waits for this step only, not for
+    a step launched after it."""
+
+    def __init__(self, out: SchedulerOutput, sampled, prompt_logprobs=None) -> None:
+        self.index = {s.seq.seq_id: k for k, s in enumerate(out.sampling)}
+        self.sampled = sampled  # SamplerOutput or None
+        self._prompt_logprobs = prompt_logprobs  # (lps tensor, spans) or None
+        self._host = self._event = None
+        ids = None if sampled is None else sampled.sampled_token_ids
+        if ids is not None and ids.is_cuda and sampled.logprobs is None:
+            self._host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+            self._host.copy_(ids, non_blocking=True)
+            self._event = torch.cuda.Event()
+            self._event.record()
+        self._result: StepResult | None = None
+
+    @property
+    def sampled_ids(self) -> torch.Tensor | None:
+        return None if self.sampled is None else self.sampled.sampled_token_ids
+
+    def result(self) -> StepResult:
+        """The step's tokens on the host (waits for the step; cached)."""
+        if self._result is not None:
+            return self._result
+        sampled_ids: list[int] = []
+        logprobs = None
+        if self._event is not None:
+            self._event.synchronize()
+            sampled_ids = self._host.tolist()
+        elif self.sampled is not None:
+            sampled_ids, logprobs = self.sampled.tolist()
+        prompt_logprobs: dict[int, tuple[int, list[TokenLogprobs]]] = {}
+        if self._prompt_logprobs is not None:
+            lps_t, spans = self._prompt_logprobs
+            lps = lps_t.tolist()
+            i = 0
+            for seq_id, first, n, k_seq in spans:
+                part = lps[i : i + n]
+                for lp in part:  # the batch computed the largest k: cut to this request's
+                    lp.top_token_ids = lp.top_token_ids[:k_seq]
+                    lp.top_logprobs = lp.top_logprobs[:k_seq]
+                prompt_logprobs[seq_id] = (first, part)
+                i += n
+        self._result = StepResult(sampled_ids, logprobs, prompt_logprobs)
+        self.sampled = self._prompt_logprobs = None
+        return self._result
 
 
 class ModelRunner:
@@ -266,16 +332,37 @@ class ModelRunner:
 
     # -- one step ----------------------------------------------------------------------------
 
-    def _forward(self, inp: StepInputs) -> torch.Tensor:
+    def _forward(self, inp: StepInputs, fill=None) -> torch.Tensor:
         """hidden (T, hidden) of the packed rows: a graph replay for decode-only steps that
-        fit one, else the eager forward."""
+        fit one, else the eager forward. ``fill`` (see ``_placeholder_fill``) writes the
+        placeholder rows' input ids on the device."""
         graphs = self.decode_graphs
         n = len(inp.seq_lens)
         if (graphs is not None and inp.decode_only and graphs.size_for(n) is not None
                 and inp.block_tables.shape[1] <= graphs.max_blocks):
             return graphs.run(inp.input_ids, inp.positions, inp.slot_mapping, inp.seq_lens,
-                              inp.block_tables)
-        return self._eager_forward(inp)
+                              inp.block_tables, fill=fill)
+        input_ids, positions, meta = self.device_inputs(inp)
+        if fill is not None:
+            fill(input_ids)
+        return self.model.forward_paged(input_ids, positions, self.kv_caches, meta)
+
+    def _placeholder_fill(self, inp: StepInputs, prev: PendingStep | None):
+        """None, or a function writing the placeholder rows' tokens (from ``prev``'s sampled
+        ids, on the device) into an input_ids tensor."""
+        if not inp.placeholders:
+            return None
+        if prev is None or prev.sampled_ids is None:
+            raise RuntimeError("a placeholder token without the step that samples it")
+        rows = torch.tensor([r for r, _ in inp.placeholders], dtype=torch.long)
+        src = torch.tensor([prev.index[sid] for _, sid in inp.placeholders], dtype=torch.long)
+        rows, src = rows.to(self.device, non_blocking=True), src.to(self.device, non_blocking=True)
+        sampled = prev.sampled_ids
+
+        def fill(input_ids: torch.Tensor) -> None:
+            input_ids.index_copy_(0, rows, sampled.index_select(0, src))
+
+        return fill
 
     def device_inputs(self, inp: StepInputs
                       ) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
@@ -284,10 +371,6 @@ class ModelRunner:
         input_ids = torch.from_numpy(inp.input_ids).to(dev, non_blocking=True)
         positions = torch.from_numpy(inp.positions).to(dev, non_blocking=True)
         return input_ids, positions, inp.metadata(dev)
-
-    def _eager_forward(self, inp: StepInputs) -> torch.Tensor:
-        input_ids, positions, meta = self.device_inputs(inp)
-        return self.model.forward_paged(input_ids, positions, self.kv_caches, meta)
 
     def _prompt_logprob_rows(self, out: SchedulerOutput, row_ends: list[int]):
         """Rows whose logits score the next prompt token, for requests with prompt_logprobs."""
@@ -304,11 +387,16 @@ class ModelRunner:
                 spans.append((s.seq.seq_id, first, n, k))
         return rows, targets, spans
 
-    @torch.inference_mode()
     def run(self, out: SchedulerOutput) -> StepResult:
         """Compute ``out.scheduled``, sample one token per ``out.sampling`` entry."""
+        return self.launch(out).result()
+
+    @torch.inference_mode()
+    def launch(self, out: SchedulerOutput, prev: PendingStep | None = None) -> PendingStep:
+        """Queue ``out``'s step on the device without waiting for it. ``prev``: the step in
+        flight whose sampled tokens are this step's placeholder inputs."""
         inp = pack_step(out, self.block_size)
-        hidden = self._forward(inp)
+        hidden = self._forward(inp, self._placeholder_fill(inp, prev))
         # the chunk's last token predicts the next one; out.sampling order
         sample_rows = [end - 1 for s, end in zip(out.scheduled, inp.row_ends) if s.sample]
         pl_rows, pl_targets, pl_spans = self._prompt_logprob_rows(out, inp.row_ends)
@@ -318,8 +406,7 @@ class ModelRunner:
             rows = torch.tensor(sample_rows + pl_rows, dtype=torch.long).to(self.device)
             logits = self.model.compute_logits(hidden.index_select(0, rows))
         logits = logits.float()
-        sampled_ids: list[int] = []
-        logprobs = None
+        sampled = None
         if sample_rows:
             seqs = [s.seq for s in out.sampling]
             smeta = SamplingMetadata.build(
@@ -329,21 +416,14 @@ class ModelRunner:
                 [q.seed for q in seqs],
                 self.eos_token_ids, self.vocab_size, self.device,
             )
-            sampled_ids, logprobs = self.sampler(logits[: len(sample_rows)], smeta).tolist()
-        prompt_logprobs: dict[int, tuple[int, list[TokenLogprobs]]] = {}
+            sampled = self.sampler(logits[: len(sample_rows)], smeta)
+        prompt_logprobs = None
         if pl_rows:
             k = max(span[3] for span in pl_spans)
             target = torch.tensor(pl_targets, dtype=torch.long, device=self.device)
-            lps = compute_prompt_logprobs(logits[len(sample_rows):], target, k).tolist()
-            i = 0
-            for seq_id, first, n, k_seq in pl_spans:
-                part = lps[i : i + n]
-                for lp in part:  # the batch computed the largest k: cut to this request's
-                    lp.top_token_ids = lp.top_token_ids[:k_seq]
-                    lp.top_logprobs = lp.top_logprobs[:k_seq]
-                prompt_logprobs[seq_id] = (first, part)
-                i += n
-        return StepResult(sampled_ids, logprobs, prompt_logprobs)
+            lps = compute_prompt_logprobs(logits[len(sample_rows):], target, k)
+            prompt_logprobs = (lps, pl_spans)
+        return PendingStep(out, sampled, prompt_logprobs)
 
 
 def with_resolved_lengths(config: EngineConfig, runner: ModelRunner) -> EngineConfig:

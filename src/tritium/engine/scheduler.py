@@ -18,6 +18,12 @@ those blocks the others wait (one step, usually), then take them from the hash t
 One step: ``out = schedule()`` -> the model runner computes ``out.scheduled`` and samples one
 token per ``out.sampling`` entry -> ``postprocess(out, token_ids)`` -> the engine detokenizes
 and calls :meth:`Scheduler.finish` for sequences that hit a stop string.
+
+Async scheduling (the engine's ``async_scheduling``) splits postprocess in two so that step N+1
+is scheduled while step N runs: ``commit(out)`` right after step N is launched records its
+progress and gives each sampling sequence a placeholder token; ``postprocess(out, token_ids,
+committed=True)`` later writes the real tokens in and checks stops. A sequence that finishes
+at step N was already scheduled in step N+1: that row's work is dropped.
 """
 
 from __future__ import annotations
@@ -174,6 +180,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.has_placeholder and self._length_done(seq):
+                i += 1  # finishes by length when its in-flight token arrives: nothing to run
+                continue
             num_new = min(seq.num_tokens - seq.num_computed_tokens, budget)
             while not self.block_manager.can_allocate(seq, num_new):
                 victim = self.running.pop()  # most recently admitted; never one scheduled above
@@ -253,8 +262,21 @@ class Scheduler:
         self.waiting.appendleft(seq)
         logger.debug("preempted %s (KV cache full); it will recompute", seq)
 
+    def commit(self, out: SchedulerOutput) -> None:
+        """Async scheduling: step ``out`` was launched; record its progress now (so the next
+        ``schedule()`` continues after it) and give each sampling sequence a placeholder for
+        the token it will sample. Sequences finished since ``schedule()`` are skipped."""
+        for s in out.scheduled:
+            seq = s.seq
+            if seq.status is not SequenceStatus.RUNNING:
+                continue
+            seq.num_computed_tokens = s.seq_len
+            if s.sample:
+                seq.append_placeholder()
+
     def postprocess(
-        self, out: SchedulerOutput, sampled_token_ids: list[int], logprobs: list[Any] | None = None
+        self, out: SchedulerOutput, sampled_token_ids: list[int], logprobs: list[Any] | None = None,
+        committed: bool = False,
     ) -> list[Sequence]:
         """Record a computed step: advance progress, append sampled tokens, check stops.
 
@@ -262,6 +284,9 @@ class Scheduler:
             out: the step's schedule.
             sampled_token_ids: one token per ``out.sampling`` entry, in order.
             logprobs: optional, one entry (with a ``.logprob`` float) per sampled token.
+            committed: ``commit(out)`` already recorded the progress (async scheduling): the
+                tokens replace placeholders, also of sequences preempted since, and a
+                sequence that finished or was aborted in between drops its placeholder.
         Returns:
             The sequences that got a token this step (finished ones included), in order.
         """
@@ -279,13 +304,23 @@ class Scheduler:
                 token_id = sampled_token_ids[k]
                 logprob = None if logprobs is None else logprobs[k]
                 k += 1
-            if seq.status is not SequenceStatus.RUNNING:  # aborted while the step ran
-                continue
-            seq.num_computed_tokens = s.seq_len
-            self.block_manager.cache_full_blocks(seq)
-            if not s.sample:
-                continue
-            seq.append_token(token_id, logprob)
+            if committed:
+                if seq.status is SequenceStatus.RUNNING:
+                    self.block_manager.cache_full_blocks(seq)
+                if not (s.sample and seq.has_placeholder):
+                    continue  # no token, or finished before commit(out)
+                if seq.is_finished:  # aborted (or stopped) after commit(out)
+                    seq.drop_placeholder()
+                    continue
+                seq.resolve_placeholder(token_id)
+            else:
+                if seq.status is not SequenceStatus.RUNNING:  # aborted while the step ran
+                    continue
+                seq.num_computed_tokens = s.seq_len
+                self.block_manager.cache_full_blocks(seq)
+                if not s.sample:
+                    continue
+                seq.append_token(token_id, logprob)
             if seq.metrics.first_token_time is None:
                 seq.metrics.first_token_time = now
             seq.metrics.last_token_time = now
@@ -294,6 +329,12 @@ class Scheduler:
                 self._finish(seq, *stop)
             updated.append(seq)
         return updated
+
+    def _length_done(self, seq: Sequence) -> bool:
+        """The sequence reaches max_tokens or max_model_len with its newest token."""
+        p = seq.sampling_params
+        return ((p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens)
+                or seq.num_tokens >= self.max_model_len)
 
     def _check_stop(
         self, seq: Sequence, token_id: int
@@ -306,9 +347,7 @@ class Scheduler:
                 return SequenceStatus.FINISHED_STOPPED, None
             if token_id in p.stop_token_ids:
                 return SequenceStatus.FINISHED_STOPPED, token_id
-        if p.max_tokens is not None and n_out >= p.max_tokens:
-            return SequenceStatus.FINISHED_LENGTH, None
-        if seq.num_tokens >= self.max_model_len:
+        if self._length_done(seq):
             return SequenceStatus.FINISHED_LENGTH, None
         return None
 
@@ -344,6 +383,8 @@ class Scheduler:
                 fail(f"waiting {seq} has status {seq.status}")
             if seq.block_table or seq.num_computed_tokens:
                 fail(f"waiting {seq} holds blocks or progress")
+            if seq.has_placeholder:  # resolved in the same step() that preempted it
+                fail(f"waiting {seq} still waits for an in-flight token")
         live = {s.seq_id for s in self.running} | {s.seq_id for s in self.waiting}
         if len(live) != len(self.running) + len(self.waiting):
             fail("a sequence is queued twice")

@@ -7,6 +7,10 @@ produces exactly what a separate request with that seed would.
 Progress is one counter: ``num_computed_tokens`` tokens of ``token_ids`` have their K/V in the
 cache; the scheduler moves it toward ``num_tokens`` (no prefill/decode phases). After a sampled
 step it trails ``num_tokens`` by one: the newest token is known but not yet computed.
+
+Under async scheduling the engine schedules step N+1 while step N runs: the token step N will
+sample is then a *placeholder* (``PLACEHOLDER``, at most one, always the last token) until the
+step's result arrives and :meth:`Sequence.resolve_placeholder` writes the real id in.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from tritium.engine.outputs import RequestMetrics
 from tritium.engine.sampling_params import SamplingParams
 
 _seq_counter = itertools.count()
+
+PLACEHOLDER = -1  # the token id of a token sampled by a step still in flight
 
 
 class SequenceStatus(enum.Enum):
@@ -119,6 +125,7 @@ class Sequence:
         self.metrics = RequestMetrics(arrival_time=now)
         self.output_logprobs: list[Any] | None = None if params.logprobs is None else []
         self.cumulative_logprob: float | None = None if params.logprobs is None else 0.0
+        self.has_placeholder = False  # the last token is PLACEHOLDER (async scheduling)
 
     def __repr__(self) -> str:
         return (
@@ -160,6 +167,30 @@ class Sequence:
         if self.output_logprobs is not None and logprob is not None:
             self.output_logprobs.append(logprob)
             self.cumulative_logprob += float(logprob.logprob)
+
+
+    def append_placeholder(self) -> None:
+        """Stand in for the token a launched step will sample (async scheduling)."""
+        if self.has_placeholder:
+            raise RuntimeError(f"{self} already waits for a sampled token")
+        self.token_ids.append(PLACEHOLDER)
+        self.output_token_ids.append(PLACEHOLDER)
+        self.has_placeholder = True
+
+    def resolve_placeholder(self, token_id: int) -> None:
+        """The step's result arrived: the placeholder becomes ``token_id``."""
+        if not self.has_placeholder:
+            raise RuntimeError(f"{self} has no placeholder to resolve")
+        self.token_ids[-1] = self.output_token_ids[-1] = token_id
+        self.metrics.num_output_tokens += 1
+        self.has_placeholder = False
+
+    def drop_placeholder(self) -> None:
+        """Forget the placeholder (the sequence finished before its token arrived)."""
+        if self.has_placeholder:
+            self.token_ids.pop()
+            self.output_token_ids.pop()
+            self.has_placeholder = False
 
 
 def _token_ids(request_id: str, ids: SequenceABC[int]) -> list[int]:

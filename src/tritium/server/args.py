@@ -60,6 +60,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-cudagraph-capture-size", type=int, default=None, metavar="N",
                    help="largest decode batch replayed from a CUDA graph "
                         "(default: min(max-num-seqs, 512))")
+    g.add_argument("--async-scheduling", action="store_true",
+                   help="schedule step N+1 while step N runs (hides the host's per-step work)")
 
 
 def engine_config_from_args(args: argparse.Namespace) -> Any:
@@ -72,6 +74,7 @@ def engine_config_from_args(args: argparse.Namespace) -> Any:
         served_model_name=args.served_model_name,
         enforce_eager=args.enforce_eager,
         max_cudagraph_capture_size=args.max_cudagraph_capture_size,
+        async_scheduling=args.async_scheduling,
         scheduler=SchedulerConfig(max_num_seqs=args.max_num_seqs,
                                   max_num_batched_tokens=args.max_num_batched_tokens,
                                   max_model_len=args.max_model_len),
