@@ -153,13 +153,14 @@ class StepResult:
 class PendingStep:
     """A launched step: its sampled ids stay on the device until :meth:`result`.
 
-    ``index`` maps the seq_id of each sampling row to its row in ``sampled``: the next step's
-    placeholder inputs are gathered from there. On CUDA, without logprobs, the ids are copied
+    ``row_of(seq_id)`` is a sampling row's index in ``sampled_ids``: the next step's placeholder
+    inputs are gathered from there. On CUDA, without logprobs, the ids are copied
     into pinned host memory behind an event, so ``result()`` waits for this step only, not for
     a step launched after it."""
 
     def __init__(self, out: SchedulerOutput, sampled, prompt_logprobs=None) -> None:
-        self.index = {s.seq.seq_id: k for k, s in enumerate(out.sampling)}
+        self._sampling = out.sampling
+        self._index: dict[int, int] | None = None  # seq_id -> row, built on first use
         self.sampled = sampled  # SamplerOutput or None
         self._prompt_logprobs = prompt_logprobs  # (lps tensor, spans) or None
         self._host = self._event = None
@@ -170,6 +171,11 @@ class PendingStep:
             self._event = torch.cuda.Event()
             self._event.record()
         self._result: StepResult | None = None
+
+    def row_of(self, seq_id: int) -> int:
+        if self._index is None:  # only async steps with placeholders ask
+            self._index = {s.seq.seq_id: k for k, s in enumerate(self._sampling)}
+        return self._index[seq_id]
 
     @property
     def sampled_ids(self) -> torch.Tensor | None:
@@ -355,7 +361,7 @@ class ModelRunner:
         if prev is None or prev.sampled_ids is None:
             raise RuntimeError("a placeholder token without the step that samples it")
         rows = torch.tensor([r for r, _ in inp.placeholders], dtype=torch.long)
-        src = torch.tensor([prev.index[sid] for _, sid in inp.placeholders], dtype=torch.long)
+        src = torch.tensor([prev.row_of(sid) for _, sid in inp.placeholders], dtype=torch.long)
         rows, src = rows.to(self.device, non_blocking=True), src.to(self.device, non_blocking=True)
         sampled = prev.sampled_ids
 
