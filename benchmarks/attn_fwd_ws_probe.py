@@ -3,12 +3,13 @@
 
     PYTHONPATH=src python benchmarks/attn_fwd_ws_probe.py --out ws.json
 
-Needs an sm_90 GPU. Each variant (ping-pong on/off, ring depth, key tile) runs in a child
-process with a time limit, so that a deadlocked mbarrier protocol costs one variant, not the
-run: the child first compares its output and log-sum-exp with the library's launcher
-(``kernels.flash_attn.flash_attn_fwd``) on every shape, including a GQA one, then times the
-dense non-causal forward at 16k tokens (H = 2048 / D, S = 1k / 4k / 16k), bf16. A separate child
-times cuDNN SDPA and the library launcher on the same shapes. Prints a table, writes JSON.
+Needs an sm_90 GPU. Each variant (persistent or one item per program, ring depth, causal)
+runs in a child process with a time limit, so that a deadlocked mbarrier protocol costs one
+variant, not the run: the child first compares its output and log-sum-exp with the library's
+Triton launcher (``kernels.flash_attn.flash_attn_fwd`` with ``TRITIUM_HOPPER_WS=0``) on a few
+shapes (GQA, Sq != Sk), then times the dense forward at 16k tokens (H = 2048 / D, S = 1k / 4k /
+16k), bf16. Separate children time cuDNN SDPA and the Triton launcher on the same shapes.
+Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import sys
 
 SEQS = (1024, 4096, 16384)
 TOKENS = 16384
-VARIANTS = {  # name: (pingpong, stages, block_n, head_dim)
-    "ws_pp_s2": (True, 2, 128, 128),
-    "ws_nopp_s2": (False, 2, 128, 128),
-    "ws_pp_s3": (True, 3, 128, 128),
-    "ws_pp_s2_n64": (True, 2, 64, 128),
-    "ws_pp_s2_d64": (True, 2, 128, 64),
+VARIANTS = {  # name: (persistent, stages, block_n, head_dim, causal)
+    "ws_s3": (False, 3, 128, 128, False),
+    "ws_s3_persist": (True, 3, 128, 128, False),
+    "ws_s3_causal": (False, 3, 128, 128, True),
+    "ws_s3_causal_persist": (True, 3, 128, 128, True),
 }
 
 
@@ -51,46 +51,53 @@ def child_variant(name: str) -> dict:
 
     from tritium.kernels.flash_attn import flash_attn_fwd
     from tritium.kernels.flash_attn_hopper import flash_attn_fwd_ws
-    pp, stages, bn, D = VARIANTS[name]
+    persistent, stages, bn, D, causal = VARIANTS[name]
     res = {"variant": name, "checks": [], "tflops": {}}
-    checks = [(2, 1024, 16, 4, D), (1, 384, 8, 8, D)] + _shapes(D)[:1]
-    for B, S, Hq, Hk, _ in checks:
-        q, k, v = _inputs(B, S, Hq, Hk, D)
+    checks = [(2, 1024, 1024, 16, 4), (1, 384, 384, 8, 8), (1, 256, 640, 4, 2)] + [
+        (B, S, S, Hq, Hk) for B, S, Hq, Hk, _ in _shapes(D)[:1]]
+    os.environ["TRITIUM_HOPPER_WS"] = "0"  # the reference: the library's Triton kernel
+    for B, Sq, Sk, Hq, Hk in checks:
+        q, _, _ = _inputs(B, Sq, Hq, Hk, D)
+        _, k, v = _inputs(B, Sk, Hq, Hk, D, seed=1)
         scale = D ** -0.5
-        o, lse = flash_attn_fwd_ws(q, k, v, softmax_scale=scale, block_n=bn, stages=stages,
-                                   pingpong=pp)
-        ro, rlse = flash_attn_fwd(q, k, v, softmax_scale=scale)
+        o, lse = flash_attn_fwd_ws(q, k, v, softmax_scale=scale, causal=causal, block_n=bn,
+                                   stages=stages, persistent=persistent)
+        ro, rlse = flash_attn_fwd(q, k, v, softmax_scale=scale, causal=causal)
         torch.cuda.synchronize()
-        res["checks"].append({"shape": [B, S, Hq, Hk, D],
+        res["checks"].append({"shape": [B, Sq, Sk, Hq, Hk, D],
                               "out_max_diff": (o.float() - ro.float()).abs().max().item(),
                               "lse_max_diff": (lse - rlse).abs().max().item()})
     for B, S, Hq, Hk, _ in _shapes(D):
         q, k, v = _inputs(B, S, Hq, Hk, D)
         ms = triton.testing.do_bench(lambda q=q, k=k, v=v: flash_attn_fwd_ws(
-            q, k, v, softmax_scale=D ** -0.5, block_n=bn, stages=stages, pingpong=pp),
-            warmup=25, rep=100)
-        res["tflops"][str(S)] = round(4 * B * Hq * S * S * D / ms / 1e9, 1)
+            q, k, v, softmax_scale=D ** -0.5, causal=causal, block_n=bn, stages=stages,
+            persistent=persistent), warmup=25, rep=100)
+        flops = 4 * B * Hq * S * S * D / (2 if causal else 1)
+        res["tflops"][str(S)] = round(flops / ms / 1e9, 1)
     return res
 
 
-def child_peers(D: int) -> dict:
+def child_peers(D: int, causal: bool) -> dict:
     import torch
     import triton
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     from tritium.kernels.flash_attn import flash_attn_fwd
-    res = {"variant": f"peers_d{D}", "tflops": {"cudnn": {}, "library": {}}}
+    os.environ["TRITIUM_HOPPER_WS"] = "0"  # "library" = the Triton kernel
+    res = {"variant": f"peers_d{D}" + ("_causal" if causal else ""),
+           "tflops": {"cudnn": {}, "library": {}}}
     for B, S, Hq, Hk, _ in _shapes(D):
         q, k, v = _inputs(B, S, Hq, Hk, D)
         qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-        flops = 4 * B * Hq * S * S * D
+        flops = 4 * B * Hq * S * S * D / (2 if causal else 1)
 
         def cudnn(qt=qt, kt=kt, vt=vt):
             with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt)
+                return torch.nn.functional.scaled_dot_product_attention(qt, kt, vt,
+                                                                        is_causal=causal)
 
         def library(q=q, k=k, v=v):
-            return flash_attn_fwd(q, k, v, softmax_scale=D ** -0.5)
+            return flash_attn_fwd(q, k, v, softmax_scale=D ** -0.5, causal=causal)
         for key, fn in (("cudnn", cudnn), ("library", library)):
             ms = triton.testing.do_bench(fn, warmup=25, rep=100)
             res["tflops"][key][str(S)] = round(flops / ms / 1e9, 1)
@@ -117,8 +124,10 @@ def main() -> None:
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        res = (child_peers(int(args.child[len("peers_d"):])) if args.child.startswith("peers_d")
-               else child_variant(args.child))
+        if args.child.startswith("peers_d"):
+            res = child_peers(int(args.child[7:10]), args.child.endswith("_causal"))
+        else:
+            res = child_variant(args.child)
         print(json.dumps(res))
         return
     import torch
@@ -128,7 +137,7 @@ def main() -> None:
               "triton": triton.__version__, "tokens": TOKENS, "dtype": "bfloat16",
               "results": []}
     names = [n for n in args.variants.split(",") if n]
-    for arg in ["peers_d128", "peers_d64"] + names:
+    for arg in ["peers_d128", "peers_d128_causal"] + names:
         r = run_child(arg, args.timeout if not arg.startswith("peers") else 300)
         report["results"].append(r)
         print(json.dumps(r), flush=True)
@@ -139,7 +148,7 @@ def main() -> None:
         if r["variant"].startswith("peers"):
             for key in ("cudnn", "library"):
                 row = r.get("tflops", {}).get(key, {})
-                print(f"{key + '_' + r['variant'][-3:]:<16}"
+                print(f"{key + r['variant'][7:]:<16}"
                       + "".join(f"{row.get(str(s), '-'):>10}" for s in SEQS))
             continue
         if "error" in r:

@@ -93,6 +93,13 @@ def correctness(dev) -> None:
             check(f"dense D={D} causal={causal} GQA 4:1", torch.bfloat16, q, k, v,
                   lambda *a, c=causal, **k_: fa(*a, causal=c, **k_),
                   lambda *a, c=causal, **k_: ref(*a, c, **k_))
+    # Shapes the Hopper warp-specialised forward takes (kernels/flash_attn_hopper.py: D 128,
+    # Sq multiple of 128, Sk of 128): its output and lse feed the Triton backward.
+    for causal in (False, True):
+        q, k, v = rnd(2, 512, 8, 128), rnd(2, 1024, 2, 128), rnd(2, 1024, 2, 128)
+        check(f"WS-eligible Sq=512 Sk=1024 causal={causal} GQA 4:1", torch.bfloat16, q, k, v,
+              lambda *a, c=causal, **k_: fa(*a, causal=c, **k_),
+              lambda *a, c=causal, **k_: ref(*a, c, **k_), dlse=True)
     q, k, v = rnd(2, 777, 4, 128), rnd(2, 1000, 4, 128), rnd(2, 1000, 4, 128)
     check("Sq=777 Sk=1000 causal", torch.float16, q, k, v,
           lambda *a, **k_: fa(*a, causal=True, **k_), lambda *a, **k_: ref(*a, True, **k_))

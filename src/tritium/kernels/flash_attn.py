@@ -19,6 +19,7 @@ inner loop uses exp2. The returned log-sum-exp is in natural-log units.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import triton
@@ -520,6 +521,18 @@ def flash_attn_fwd(
     ``schedule`` overrides the program order (see ``launch_schedule``; for sweeps).
     """
     varlen = cu_seqlens_q is not None
+    if (not varlen and block_mask is None and window_left is None and window_right is None
+            and softcap == 0 and (bottom_right or not causal) and config is None
+            and schedule is None):
+        ws = _hopper_ws()
+        if ws is not None and ws.supported(q, k, v, causal=causal):
+            try:
+                return ws.flash_attn_fwd_ws(q, k, v, softmax_scale=softmax_scale, causal=causal)
+            except (triton.CompilationError, AttributeError, TypeError) as e:
+                # A Triton whose Gluon API moved on: fall back to the Triton kernel for good.
+                warnings.warn(f"tritium: the Hopper Gluon forward failed to build ({e!r:.200}); "
+                              "using the Triton kernel", RuntimeWarning, stacklevel=2)
+                _WS_MODULE[:] = [None]
     q4, k4, v4 = (as_batched(t, varlen) for t in (q, k, v))
     if varlen:
         batch = cu_seqlens_q.shape[0] - 1
@@ -562,6 +575,23 @@ def flash_attn_fwd(
         num_warps=warps, num_stages=stages,
     )
     return out, lse
+
+
+_WS_MODULE: list = []
+
+
+def _hopper_ws():
+    """kernels/flash_attn_hopper.py (the warp-specialised Gluon forward for sm_90), or None
+    where this Triton has no Gluon Hopper API or ``TRITIUM_HOPPER_WS=0`` turns it off."""
+    if os.environ.get("TRITIUM_HOPPER_WS", "1") == "0" or _interpreting():
+        return None
+    if not _WS_MODULE:
+        try:
+            from tritium.kernels import flash_attn_hopper
+        except ImportError:
+            flash_attn_hopper = None
+        _WS_MODULE.append(flash_attn_hopper)
+    return _WS_MODULE[0]
 
 
 def _interpreting() -> bool:
