@@ -524,15 +524,9 @@ def flash_attn_fwd(
     if (not varlen and block_mask is None and window_left is None and window_right is None
             and softcap == 0 and (bottom_right or not causal) and config is None
             and schedule is None):
-        ws = _hopper_ws()
-        if ws is not None and ws.supported(q, k, v, causal=causal):
-            try:
-                return ws.flash_attn_fwd_ws(q, k, v, softmax_scale=softmax_scale, causal=causal)
-            except (triton.CompilationError, AttributeError, TypeError) as e:
-                # A Triton whose Gluon API moved on: fall back to the Triton kernel for good.
-                warnings.warn(f"tritium: the Hopper Gluon forward failed to build ({e!r:.200}); "
-                              "using the Triton kernel", RuntimeWarning, stacklevel=2)
-                _WS_MODULE[:] = [None]
+        res = _try_hopper_ws(q, k, v, softmax_scale, causal)
+        if res is not None:
+            return res
     q4, k4, v4 = (as_batched(t, varlen) for t in (q, k, v))
     if varlen:
         batch = cu_seqlens_q.shape[0] - 1
@@ -592,6 +586,21 @@ def _hopper_ws():
             flash_attn_hopper = None
         _WS_MODULE.append(flash_attn_hopper)
     return _WS_MODULE[0]
+
+
+def _try_hopper_ws(q, k, v, softmax_scale: float, causal: bool):
+    """(out, lse) from the Hopper Gluon forward when it takes these dense inputs, else None.
+    A build failure (a Triton whose Gluon API moved on) warns once and turns the path off."""
+    ws = _hopper_ws()
+    if ws is None or not ws.supported(q, k, v, causal=causal):
+        return None
+    try:
+        return ws.flash_attn_fwd_ws(q, k, v, softmax_scale=softmax_scale, causal=causal)
+    except (triton.CompilationError, AttributeError, TypeError) as e:
+        warnings.warn(f"tritium: the Hopper Gluon forward failed to build ({e!r:.200}); using "
+                      "the Triton kernel from now on", RuntimeWarning, stacklevel=3)
+        _WS_MODULE[:] = [None]
+        return None
 
 
 def _interpreting() -> bool:

@@ -1,0 +1,153 @@
+"""The Hopper warp-specialised forward (kernels/flash_attn_hopper.py) on a machine without a GPU.
+
+Gluon has no interpreter, so its numbers are checked on a lent H100 (benchmarks/
+flash_attn_quick.py --check-only: forward and gradients against the fp32 reference, and
+benchmarks/attn_fwd_ws_probe.py: output and lse against the Triton kernel). Here: the kernel
+builds for sm_90 with the installed Triton (PTX with wgmma and per-partition register counts,
+i.e. really warp-specialised, ptxas without spills), and the dispatch only sends it the inputs
+it handles, and falls back when it cannot be built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from tritium.kernels import flash_attn as fa
+
+pytest.importorskip("triton.experimental.gluon", reason="this Triton has no Gluon")
+hopper = pytest.importorskip("tritium.kernels.flash_attn_hopper")
+
+
+_BUILD = """
+import json, re, sys
+from tritium.kernels.flash_attn_hopper import compile_for_sm90
+out = {}
+for dtype, causal in (("bf16", False), ("bf16", True), ("fp16", True)):
+    k = compile_for_sm90(dtype, causal)
+    ptx = k.asm["ptx"]
+    out[f"{dtype}-{causal}"] = dict(
+        wgmma="wgmma.mma_async.sync.aligned.m64n128k16" in ptx,
+        regs=sorted(set(re.findall(r"setmaxnreg[.](?:inc|dec)[.]sync[.]aligned[.]u32[ \\t]+(\\d+);",
+                                   ptx))),
+        tma="cp.async.bulk.tensor.2d" in ptx, mbarrier_wait="mbarrier.try_wait.parity" in ptx,
+        num_warps=k.metadata.num_warps, shared=k.metadata.shared)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_builds_warp_specialised_for_sm90():
+    # A child process: the test session decorates kernels for the interpreter, and Gluon has
+    # none; the build needs TRITON_INTERPRET unset. ~10 s for the three builds.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    p = subprocess.run([sys.executable, "-c", _BUILD], capture_output=True, text=True, env=env,
+                       timeout=300)
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    assert line, p.stderr[-3000:]
+    builds = json.loads(line[0][len("RESULT "):])
+    assert set(builds) == {"bf16-False", "bf16-True", "fp16-True"}
+    for name, b in builds.items():
+        # 64 rows x 128 keys x 128 dims per warpgroup: S = Q K^T and O += P V, both wgmma.
+        assert b["wgmma"], name
+        # Partitions with their own register budgets: 240 for the second consumer and 24 for
+        # the loader (worker_num_regs=[240, 24]); TMA copies and mbarrier waits.
+        assert {"240", "24"} <= set(b["regs"]), (name, b["regs"])
+        assert b["tma"] and b["mbarrier_wait"], name
+        assert b["num_warps"] == 12, name  # consumers 4 + 4, the 1-warp loader padded to 4
+        assert b["shared"] <= 232448, name  # an H100's shared memory per block
+
+
+def _fake_module(calls, *, fails=False):
+    class Fake:
+        @staticmethod
+        def supported(q, k, v, *, causal):
+            return q.shape[1] % 128 == 0
+
+        @staticmethod
+        def flash_attn_fwd_ws(q, k, v, *, softmax_scale, causal):
+            calls.append((tuple(q.shape), causal))
+            if fails:
+                raise AttributeError("module 'tma' has no attribute 'async_load'")
+            return "ws-out", "ws-lse"
+    return Fake
+
+
+class _RecordingLaunch:
+    """Stands in for ``_flash_attn_fwd_kernel``: records that the Triton kernel was launched."""
+
+    def __init__(self):
+        self.launches = 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches += 1
+        return launch
+
+
+def test_dispatch_sends_only_plain_dense_calls(monkeypatch):
+    calls: list = []
+    triton_kernel = _RecordingLaunch()
+    monkeypatch.setattr(fa, "_WS_MODULE", [_fake_module(calls)])
+    monkeypatch.setattr(fa, "_flash_attn_fwd_kernel", triton_kernel)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("TRITIUM_HOPPER_WS", "1")
+    q = torch.zeros(1, 256, 4, 128)
+    k = v = torch.zeros(1, 256, 2, 128)
+    assert fa._try_hopper_ws(q, k, v, 0.1, True) == ("ws-out", "ws-lse")
+    assert calls == [((1, 256, 4, 128), True)]
+    assert fa._try_hopper_ws(q[:, :200], k, v, 0.1, False) is None  # unsupported shape
+    assert len(calls) == 1
+    # flash_attn_fwd itself: a plain causal call goes to it; a window, softcap, top-left
+    # causal alignment, a forced tile config or a shape it does not take go to the Triton
+    # kernel.
+    assert fa.flash_attn_fwd(q, k, v, softmax_scale=0.1, causal=True) == ("ws-out", "ws-lse")
+    assert len(calls) == 2 and triton_kernel.launches == 0
+    for i, kw in enumerate((dict(window_left=64), dict(softcap=30.0), dict(bottom_right=False),
+                            dict(config=(128, 64, 8, 3)))):
+        fa.flash_attn_fwd(q, k, v, softmax_scale=0.1, causal=True, **kw)
+        assert len(calls) == 2 and triton_kernel.launches == i + 1, kw
+    fa.flash_attn_fwd(q[:, :200], k, v, softmax_scale=0.1, causal=False)
+    assert len(calls) == 2 and triton_kernel.launches == 5
+
+
+def test_dispatch_switches_off(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(fa, "_WS_MODULE", [_fake_module(calls)])
+    q = k = v = torch.zeros(1, 128, 2, 128)
+    monkeypatch.setenv("TRITIUM_HOPPER_WS", "0")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert fa._try_hopper_ws(q, k, v, 0.1, False) is None
+    monkeypatch.setenv("TRITIUM_HOPPER_WS", "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # interpreter runs must test the Triton kernel
+    assert fa._try_hopper_ws(q, k, v, 0.1, False) is None
+    assert calls == []
+
+
+def test_build_failure_falls_back_once(monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(fa, "_WS_MODULE", [_fake_module(calls, fails=True)])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("TRITIUM_HOPPER_WS", "1")
+    q = k = v = torch.zeros(1, 128, 2, 128)
+    with pytest.warns(RuntimeWarning, match="failed to build"):
+        assert fa._try_hopper_ws(q, k, v, 0.1, False) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning, no second attempt
+        assert fa._try_hopper_ws(q, k, v, 0.1, False) is None
+    assert len(calls) == 1
+
+
+def test_supported_rejects_what_the_kernel_cannot_take():
+    q = torch.zeros(1, 256, 4, 128)
+    k = torch.zeros(1, 256, 2, 128)
+    assert not hopper.supported(q, k, k, causal=False)  # CPU tensors
+    assert not hopper._rows_view_ok(q.transpose(1, 2).contiguous().transpose(1, 2))
+    assert hopper._rows_view_ok(q)
+    qkv = torch.zeros(1, 256, 3, 4, 128)  # q, k, v slices of a packed projection
+    assert hopper._rows_view_ok(qkv[:, :, 0])
