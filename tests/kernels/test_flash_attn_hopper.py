@@ -29,11 +29,12 @@ _BUILD = """
 import json, re, sys
 from tritium.kernels.flash_attn_hopper import compile_for_sm90
 out = {}
-for dtype, causal in (("bf16", False), ("bf16", True), ("fp16", True)):
-    k = compile_for_sm90(dtype, causal)
+for dtype, causal, pairs in (("bf16", False, False), ("bf16", True, True), ("fp16", True, False)):
+    k = compile_for_sm90(dtype, causal, pairs=pairs)
     ptx = k.asm["ptx"]
-    out[f"{dtype}-{causal}"] = dict(
+    out[f"{dtype}-{causal}-{pairs}"] = dict(
         wgmma="wgmma.mma_async.sync.aligned.m64n128k16" in ptx,
+        wait1="wgmma.wait_group.sync.aligned 1;" in ptx,
         regs=sorted(set(re.findall(r"setmaxnreg[.](?:inc|dec)[.]sync[.]aligned[.]u32[ \\t]+(\\d+);",
                                    ptx))),
         tma="cp.async.bulk.tensor.2d" in ptx, mbarrier_wait="mbarrier.try_wait.parity" in ptx,
@@ -51,10 +52,12 @@ def test_builds_warp_specialised_for_sm90():
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     assert line, p.stderr[-3000:]
     builds = json.loads(line[0][len("RESULT "):])
-    assert set(builds) == {"bf16-False", "bf16-True", "fp16-True"}
+    assert set(builds) == {"bf16-False-False", "bf16-True-True", "fp16-True-False"}
     for name, b in builds.items():
         # 64 rows x 128 keys x 128 dims per warpgroup: S = Q K^T and O += P V, both wgmma.
         assert b["wgmma"], name
+        # intra-warpgroup overlap (the default): wait for S(j) alone while P V is in flight
+        assert b["wait1"], name
         # Partitions with their own register budgets: 240 for the second consumer and 24 for
         # the loader (worker_num_regs=[240, 24]); TMA copies and mbarrier waits.
         assert {"240", "24"} <= set(b["regs"]), (name, b["regs"])

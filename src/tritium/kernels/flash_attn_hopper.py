@@ -31,6 +31,8 @@ GPU (benchmarks/flash_attn_quick.py --check-only, benchmarks/attn_fwd_ws_probe.p
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -50,14 +52,29 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 @gluon.jit
-def _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+def _items(n_m, n_bh, PAIRS: gl.constexpr):
+    """This program's work items as range(start, end, step): items 2p and 2p + 1 (PAIRS), or
+    p, p + P, p + 2P, ... (P programs: one item each when P = items, else persistent)."""
+    if PAIRS:
+        start = 2 * gl.program_id(0)
+        return start, gl.minimum(start + 2, n_m * n_bh), 1
+    return gl.program_id(0), n_m * n_bh, gl.num_programs(0)
+
+
+@gluon.jit
+def _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+          PAIRS: gl.constexpr):
     """Work item ``t`` -> (first query row m0, (batch * heads) index, key tiles, unmasked
     key tiles). The query tiles of one head are consecutive, so programs running together
     share that head's K/V in L2 (measured: ordering by query tile across heads instead cost
-    6-23% causal); causal walks each head's tiles longest first."""
+    6-23% causal). Causal walks each head's tiles longest first; with PAIRS, items 2i and
+    2i + 1 of a head are its tiles n_m - 1 - i and i, so that every program (two items) has
+    the same causal work."""
     bh = t // n_m
     pid_m = t % n_m
-    if CAUSAL:
+    if PAIRS:
+        pid_m = gl.where(pid_m % 2 == 0, n_m - 1 - pid_m // 2, pid_m // 2)
+    elif CAUSAL:
         pid_m = n_m - 1 - pid_m
     m0 = pid_m * 128
     n_tiles = seqlen_k // BLOCK_N
@@ -71,15 +88,18 @@ def _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUSAL: gl.co
 @gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready,
             kv_empty, seqlen_q, seqlen_k, num_heads, group, n_m, n_bh,
-            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+            BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+            PAIRS: gl.constexpr):
     """Loader partition: per work item, both Q tiles, then its K/V tiles through the ring.
     ``it`` counts K/V tiles over all of this program's items: slot it % STAGES, and its
     parity (it // STAGES) & 1. A first wait on parity 1 passes on a fresh mbarrier."""
     D: gl.constexpr = q_smem.shape[2]
     it = 0
     i = 0
-    for t in range(gl.program_id(0), n_m * n_bh, gl.num_programs(0)):
-        m0, bh, n_tiles, n_full = _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N, CAUSAL)
+    start, end, step = _items(n_m, n_bh, PAIRS)
+    for t in range(start, end, step):
+        m0, bh, n_tiles, n_full = _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N, CAUSAL,
+                                        PAIRS)
         b = bh // num_heads
         h = bh % num_heads
         mbarrier.wait(q_empty, (i & 1) ^ 1)  # both consumers are done with the last Q
@@ -100,10 +120,11 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_re
 
 
 @gluon.jit
-def _softmax_update(sc, m_i, l_i, acc, qk_scale, j, n_full, row0, shift,
-                    s_layout: gl.constexpr, o_layout: gl.constexpr, CAUSAL: gl.constexpr):
-    """Online-softmax step for key tile ``j``: returns (p, m, l, acc rescaled). Causal: tiles
-    from ``n_full`` on cross the diagonal; query row r sees key c iff c <= r + shift."""
+def _softmax_scores(sc, m_i, l_i, qk_scale, j, n_full, row0, shift, s_layout: gl.constexpr,
+                    CAUSAL: gl.constexpr):
+    """Online-softmax step for key tile ``j``: returns (p, m, l, alpha), O still to be scaled by
+    alpha. Causal: tiles from ``n_full`` on cross the diagonal; query row r sees key c iff
+    c <= r + shift."""
     if CAUSAL:
         if j >= n_full:
             rows = row0 + gl.arange(0, 64, layout=gl.SliceLayout(1, s_layout))
@@ -114,15 +135,19 @@ def _softmax_update(sc, m_i, l_i, acc, qk_scale, j, n_full, row0, shift,
     p = gl.exp2(sc * qk_scale - gl.expand_dims(m_new, 1))
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, axis=1)
-    alpha_o = gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))
-    acc = acc * gl.expand_dims(alpha_o, 1)
-    return p, m_new, l_i, acc
+    return p, m_new, l_i, alpha
+
+
+@gluon.jit
+def _rescale(acc, alpha, o_layout: gl.constexpr):
+    return acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
 
 
 @gluon.jit
 def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready,
               kv_empty, turn, o_ptr, lse_ptr, seqlen_q, seqlen_k, num_heads, n_m, n_bh,
-              qk_scale, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+              qk_scale, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+              INTRA: gl.constexpr, PAIRS: gl.constexpr):
     """Consumer warpgroup ``WG`` (0 or 1): rows [m0 + 64 WG, + 64) of each work item.
 
     GEMM block k (k = 0 .. n_tiles) of an item runs O += P(k-1) V(k-1) (k >= 1) and
@@ -144,8 +169,10 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
     it = 0
     blk = 0
     i = 0
-    for t in range(gl.program_id(0), n_m * n_bh, gl.num_programs(0)):
-        m0, bh, n_tiles, n_full = _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N, CAUSAL)
+    start, end, step = _items(n_m, n_bh, PAIRS)
+    for t in range(start, end, step):
+        m0, bh, n_tiles, n_full = _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N, CAUSAL,
+                                        PAIRS)
         row0 = m0 + WG * 64  # this warpgroup's first query position in the sequence
         m_i = gl.full([64], float("-inf"), gl.float32, row_layout)
         l_i = gl.zeros([64], gl.float32, row_layout)
@@ -158,23 +185,41 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
                            is_async=True)
         sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
         mbarrier.arrive(turn.index(1 - WG), count=1)
-        p, m_i, l_i, acc = _softmax_update(sc, m_i, l_i, acc, qk_scale, 0, n_full, row0, shift,
-                                           s_layout, o_layout, CAUSAL)
+        p, m_i, l_i, alpha = _softmax_scores(sc, m_i, l_i, qk_scale, 0, n_full, row0, shift,
+                                             s_layout, CAUSAL)
+        acc = _rescale(acc, alpha, o_layout)
         for j in range(1, n_tiles):
             prev = (it + j - 1) % STAGES
             cur = (it + j) % STAGES
             mbarrier.wait(turn.index(WG), (blk + j + 1 + WG) & 1)
-            mbarrier.wait(v_ready.index(prev), ((it + j - 1) // STAGES) & 1)
-            acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(prev),
-                                acc, is_async=True)
-            mbarrier.wait(k_ready.index(cur), ((it + j) // STAGES) & 1)
-            sc = warpgroup_mma(q, k_smem.index(cur).permute((1, 0)), zero_s, use_acc=False,
-                               is_async=True)
-            sc, acc = warpgroup_mma_wait(num_outstanding=0, deps=(sc, acc))
-            mbarrier.arrive(kv_empty.index(prev), count=1)
-            mbarrier.arrive(turn.index(1 - WG), count=1)
-            p, m_i, l_i, acc = _softmax_update(sc, m_i, l_i, acc, qk_scale, j, n_full, row0,
-                                               shift, s_layout, o_layout, CAUSAL)
+            if INTRA:
+                # S(j) first, then O += P(j-1) V(j-1); hand the turn over once both are issued
+                # and run the softmax of S(j) while this warpgroup's PV is still in flight.
+                mbarrier.wait(k_ready.index(cur), ((it + j) // STAGES) & 1)
+                sc = warpgroup_mma(q, k_smem.index(cur).permute((1, 0)), zero_s, use_acc=False,
+                                   is_async=True)
+                mbarrier.wait(v_ready.index(prev), ((it + j - 1) // STAGES) & 1)
+                acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
+                                    v_smem.index(prev), acc, is_async=True)
+                mbarrier.arrive(turn.index(1 - WG), count=1)
+                sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))
+                p, m_i, l_i, alpha = _softmax_scores(sc, m_i, l_i, qk_scale, j, n_full, row0,
+                                                     shift, s_layout, CAUSAL)
+                acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+                mbarrier.arrive(kv_empty.index(prev), count=1)
+            else:
+                mbarrier.wait(v_ready.index(prev), ((it + j - 1) // STAGES) & 1)
+                acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout),
+                                    v_smem.index(prev), acc, is_async=True)
+                mbarrier.wait(k_ready.index(cur), ((it + j) // STAGES) & 1)
+                sc = warpgroup_mma(q, k_smem.index(cur).permute((1, 0)), zero_s, use_acc=False,
+                                   is_async=True)
+                sc, acc = warpgroup_mma_wait(num_outstanding=0, deps=(sc, acc))
+                mbarrier.arrive(kv_empty.index(prev), count=1)
+                mbarrier.arrive(turn.index(1 - WG), count=1)
+                p, m_i, l_i, alpha = _softmax_scores(sc, m_i, l_i, qk_scale, j, n_full, row0,
+                                                     shift, s_layout, CAUSAL)
+            acc = _rescale(acc, alpha, o_layout)
         last = (it + n_tiles - 1) % STAGES
         mbarrier.wait(turn.index(WG), (blk + n_tiles + 1 + WG) & 1)
         mbarrier.wait(v_ready.index(last), ((it + n_tiles - 1) // STAGES) & 1)
@@ -206,7 +251,8 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
 def _flash_attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, seqlen_q, seqlen_k,
                               num_heads, group, n_bh, qk_scale,
                               BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                              STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+                              STAGES: gl.constexpr, CAUSAL: gl.constexpr,
+                              INTRA: gl.constexpr, PAIRS: gl.constexpr):
     """Program p handles work items p, p + P, p + 2P, ... (P programs; items = query tiles of
     128 rows x (batch * heads)): one item per program, or persistent with P = #SMs."""
     n_m = seqlen_q // 128
@@ -230,13 +276,13 @@ def _flash_attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, seqlen_q, 
     gl.warp_specialize(
         [(_consumer, (0, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, kv_empty,
                       turn, o_ptr, lse_ptr, seqlen_q, seqlen_k, num_heads, n_m, n_bh, qk_scale,
-                      BLOCK_N, STAGES, CAUSAL)),
+                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS)),
          (_consumer, (1, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, kv_empty,
                       turn, o_ptr, lse_ptr, seqlen_q, seqlen_k, num_heads, n_m, n_bh, qk_scale,
-                      BLOCK_N, STAGES, CAUSAL)),
+                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS)),
          (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
                     v_ready, kv_empty, seqlen_q, seqlen_k, num_heads, group, n_m, n_bh,
-                    BLOCK_N, STAGES, CAUSAL))],
+                    BLOCK_N, STAGES, CAUSAL, PAIRS))],
         worker_num_warps=[4, 1],
         worker_num_regs=[240, 24],
     )
@@ -264,23 +310,31 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     return all(_rows_view_ok(t) for t in (q, k, v))
 
 
+@functools.cache
+def _smem_layout(rows: int, D: int, gl_dtype):
+    # ~11 us to build (measured on the dev CPU), on every call otherwise: 3 per forward.
+    return gl.NVMMASharedLayout.get_default_for([rows, D], gl_dtype)
+
+
 def _desc(t: torch.Tensor, rows: int, gl_dtype) -> TensorDescriptor:
     B, S, H, D = t.shape
-    layout = gl.NVMMASharedLayout.get_default_for([rows, D], gl_dtype)
-    return TensorDescriptor(t, [B * S, H * D], [t.stride(1), 1], [rows, D], layout)
+    return TensorDescriptor(t, [B * S, H * D], [t.stride(1), 1], [rows, D],
+                            _smem_layout(rows, D, gl_dtype))
 
 
 def flash_attn_fwd_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                       softmax_scale: float, causal: bool = False, block_n: int = 128,
-                      stages: int = 3, persistent: bool | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      stages: int = 3, persistent: bool | None = None, intra: bool = True,
+                      pairs: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, Sq, Hq, D), k/v (B, Sk, Hk, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq) fp32.
 
     Inputs must pass ``supported``; the caller has validated shapes, dtypes and heads.
     ``persistent`` (default: when not causal) launches one program per SM that walks the
-    work items; otherwise one program per item. Measured on the H100 (docs/perf-notes.md):
-    persistent +1-6% non-causal, but -30% causal at 16k (a static stride spreads the long
-    items unevenly), where one program per item, longest first, balances better.
+    work items; otherwise one program per item, or with ``pairs`` (default: causal and not
+    persistent) one per pair of a long and a short causal item. Measured on the H100
+    (docs/perf-notes.md): persistent +1-6% non-causal, but -30% causal at 16k (a static
+    stride spreads the long items unevenly). ``intra``: each consumer runs its softmax while
+    its own P V matmul is in flight (FlashAttention-3's intra-warpgroup overlap, +1-4%).
     """
     if persistent is None:
         persistent = not causal
@@ -292,15 +346,19 @@ def flash_attn_fwd_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     items = (Sq // 128) * B * Hq
     if persistent:
         items = min(items, torch.cuda.get_device_properties(q.device).multi_processor_count)
+    elif pairs:
+        items = (items + 1) // 2
     _flash_attn_fwd_ws_kernel[(items,)](
         _desc(q, 64, gl_dtype), _desc(k, block_n, gl_dtype), _desc(v, block_n, gl_dtype),
         out, lse, Sq, Sk, Hq, Hq // Hk, B * Hq, softmax_scale * LOG2E,
-        BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, CAUSAL=causal, num_warps=4,
+        BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, CAUSAL=causal, INTRA=intra,
+        PAIRS=pairs, num_warps=4,
     )
     return out, lse
 
 
-def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 3):
+def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 3,
+                     intra: bool = True, pairs: bool = False):
     """Build the kernel for an H100 without one (dtype "bf16" or "fp16", head dim 128): the
     ``triton.compile`` result, whose ``asm["ptx"]`` / ``asm["cubin"]`` can be read here. Used by
     the tests and for looking at the code the compiler makes; needs TRITON_INTERPRET unset."""
@@ -317,8 +375,9 @@ def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 3)
            "o_ptr": f"*{dtype}", "lse_ptr": "*fp32", "seqlen_q": "i32", "seqlen_k": "i32",
            "num_heads": "i32", "group": "i32", "n_bh": "i32", "qk_scale": "fp32",
            "BLOCK_N": "constexpr", "HEAD_DIM": "constexpr", "STAGES": "constexpr",
-           "CAUSAL": "constexpr"}
-    constexprs = {(11,): 128, (12,): 128, (13,): stages, (14,): causal}
+           "CAUSAL": "constexpr", "INTRA": "constexpr", "PAIRS": "constexpr"}
+    constexprs = {(11,): 128, (12,): 128, (13,): stages, (14,): causal, (15,): intra,
+                  (16,): pairs}
     attrs = {(i,): [["tt.divisibility", 16]] for i in (3, 4)}
     src = GluonASTSource(_flash_attn_fwd_ws_kernel, sig, constexprs, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
