@@ -1,11 +1,12 @@
-"""The Hopper warp-specialised forward (kernels/flash_attn_hopper.py) on a machine without a GPU.
+"""The Hopper warp-specialised kernels (kernels/flash_attn_hopper.py: forward;
+kernels/flash_attn_hopper_bwd.py: dK/dV) on a machine without a GPU.
 
-Gluon has no interpreter, so its numbers are checked on a lent H100 (benchmarks/
-flash_attn_quick.py --check-only: forward and gradients against the fp32 reference, and
-benchmarks/attn_fwd_ws_probe.py: output and lse against the Triton kernel). Here: the kernel
-builds for sm_90 with the installed Triton (PTX with wgmma and per-partition register counts,
-i.e. really warp-specialised, ptxas without spills), and the dispatch only sends it the inputs
-it handles, and falls back when it cannot be built.
+Gluon has no interpreter, so their numbers are checked on a lent H100 (benchmarks/
+flash_attn_quick.py --check-only: forward and gradients against the fp32 reference;
+benchmarks/attn_fwd_ws_probe.py and attn_bwd_ws_probe.py: outputs and gradients against the
+Triton kernels). Here: the kernels build for sm_90 with the installed Triton (PTX with wgmma,
+TMA, mbarriers and per-partition register counts, i.e. really warp-specialised), and the
+dispatch only sends them the inputs they handle, and falls back when they cannot be built.
 """
 
 from __future__ import annotations
@@ -39,6 +40,18 @@ for dtype, causal, pairs in (("bf16", False, False), ("bf16", True, True), ("fp1
                                    ptx))),
         tma="cp.async.bulk.tensor.2d" in ptx, mbarrier_wait="mbarrier.try_wait.parity" in ptx,
         num_warps=k.metadata.num_warps, shared=k.metadata.shared)
+from tritium.kernels.flash_attn_hopper_bwd import compile_for_sm90 as compile_bwd
+for causal in (False, True):
+    k = compile_bwd("bf16", causal)
+    ptx = k.asm["ptx"]
+    out[f"dkdv-{causal}"] = dict(
+        # S^T and dP^T: 64 keys x 64 queries; dV and dK: 64 keys x 128 dims
+        wgmma="wgmma.mma_async.sync.aligned.m64n64k16" in ptx
+        and "wgmma.mma_async.sync.aligned.m64n128k16" in ptx, wait1=True,
+        regs=sorted(set(re.findall(r"setmaxnreg[.](?:inc|dec)[.]sync[.]aligned[.]u32[ \\t]+(\\d+);",
+                                   ptx))),
+        tma="cp.async.bulk.tensor.2d" in ptx, mbarrier_wait="mbarrier.try_wait.parity" in ptx,
+        num_warps=k.metadata.num_warps, shared=k.metadata.shared)
 print("RESULT " + json.dumps(out))
 """
 
@@ -52,11 +65,12 @@ def test_builds_warp_specialised_for_sm90():
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     assert line, p.stderr[-3000:]
     builds = json.loads(line[0][len("RESULT "):])
-    assert set(builds) == {"bf16-False-False", "bf16-True-True", "fp16-True-False"}
+    assert set(builds) == {"bf16-False-False", "bf16-True-True", "fp16-True-False",
+                           "dkdv-False", "dkdv-True"}
     for name, b in builds.items():
         # 64 rows x 128 keys x 128 dims per warpgroup: S = Q K^T and O += P V, both wgmma.
         assert b["wgmma"], name
-        # intra-warpgroup overlap (the default): wait for S(j) alone while P V is in flight
+        # forward, intra-warpgroup overlap (the default): wait for S(j) alone while P V runs
         assert b["wait1"], name
         # Partitions with their own register budgets: 240 for the second consumer and 24 for
         # the loader (worker_num_regs=[240, 24]); TMA copies and mbarrier waits.

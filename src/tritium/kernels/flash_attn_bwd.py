@@ -27,6 +27,8 @@ lists transposed (per key block, the query blocks that see it): ``BlockMask.tran
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import triton
 import triton.language as tl
@@ -34,6 +36,7 @@ import triton.language as tl
 from tritium.kernels.flash_attn import (
     _band_ranges,
     _clip,
+    _hopper_ws,
     _interpreting,
     _listed_tile,
     _lse_strides,
@@ -649,6 +652,7 @@ def flash_attn_bwd(
         return dq.zero_(), dk.zero_(), dv.zero_()
     if dlse is not None and dlse.stride() != lse.stride():
         raise ValueError("dlse must have the layout (strides) of lse")
+    explicit_config = config is not None
     if config is not None:
         _check_config(config, deterministic)
     config = config or bwd_config(D, _interpreting(), deterministic)
@@ -683,20 +687,17 @@ def flash_attn_bwd(
                do4.stride(1), do4.stride(2)]
 
     band_any = flags["HAS_LEFT"] or flags["HAS_RIGHT"]
-    bm1, bn1, w1, s1 = _shrink(config if not deterministic else config[0], block_mask)
-    mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask_t, bm1, bn1, q.device)
-    # key tiles: the first ones are the heaviest under a causal band, so never reversed
-    grid, order, sched = launch_schedule(
-        triton.cdiv(seqlen_k, bn1), batch * Hk, bn1, block_mask_t, reverse=False,
-        varlen=varlen, mode=schedule, transposed=True)
-    _bwd_dkdv_kernel[grid](
-        *common, dk4, dv4, acc_args[0], cu_q, cu_k, order if order is not None else dummy,
-        *mask_ptrs, *strides,
-        dk4.stride(0), dk4.stride(1), dk4.stride(2), dv4.stride(0), dv4.stride(1), dv4.stride(2),
-        *acc_args[1:], *lse_strides, *mask_strides, seqlen_q, seqlen_k, Hk, Hq // Hk, **band,
-        BLOCK_M=bm1, BLOCK_N=bn1, **flags, **mask_meta, ATOMIC_DQ=not deterministic, **sched,
-        FLAT_MASK=flat_mask(block_mask_t, band_any, seqlen_k, seqlen_q),
-        num_warps=w1, num_stages=s1)
+    ws_dkdv = None
+    if (deterministic and not varlen and block_mask is None and window_left is None
+            and window_right is None and softcap == 0 and (bottom_right or not causal)
+            and not explicit_config and schedule is None):
+        ws_dkdv = _try_hopper_ws_dkdv(q, k, v, dout, lse2, delta, softmax_scale, causal)
+    if ws_dkdv is not None:
+        dk, dv = ws_dkdv
+    else:
+        _launch_dkdv(config, deterministic, block_mask, block_mask_t, common, dk4, dv4,
+                     acc_args, cu_q, cu_k, dummy, strides, lse_strides, seqlen_q, seqlen_k,
+                     Hk, Hq, batch, band, flags, band_any, varlen, schedule, q.device)
 
     if not deterministic:
         if dq_acc.stride() != dq.stride():  # never for empty_like outputs; kept as a guard
@@ -719,3 +720,51 @@ def flash_attn_bwd(
         BLOCK_M=bm2, BLOCK_N=bn2, **flags, **mask_meta, **sched,
         FLAT_MASK=flat_mask(block_mask, band_any, seqlen_k), num_warps=w2, num_stages=s2)
     return dq, dk, dv
+
+
+def _launch_dkdv(config, deterministic, block_mask, block_mask_t, common, dk4, dv4, acc_args,
+                 cu_q, cu_k, dummy, strides, lse_strides, seqlen_q, seqlen_k, Hk, Hq, batch,
+                 band, flags, band_any, varlen, schedule, device) -> None:
+    """The Triton dK/dV kernel (which also adds dQ by atomics when not ``deterministic``)."""
+    bm1, bn1, w1, s1 = _shrink(config if not deterministic else config[0], block_mask)
+    mask_ptrs, mask_strides, mask_meta = block_mask_args(block_mask_t, bm1, bn1, device)
+    # key tiles: the first ones are the heaviest under a causal band, so never reversed
+    grid, order, sched = launch_schedule(
+        triton.cdiv(seqlen_k, bn1), batch * Hk, bn1, block_mask_t, reverse=False,
+        varlen=varlen, mode=schedule, transposed=True)
+    _bwd_dkdv_kernel[grid](
+        *common, dk4, dv4, acc_args[0], cu_q, cu_k, order if order is not None else dummy,
+        *mask_ptrs, *strides,
+        dk4.stride(0), dk4.stride(1), dk4.stride(2), dv4.stride(0), dv4.stride(1), dv4.stride(2),
+        *acc_args[1:], *lse_strides, *mask_strides, seqlen_q, seqlen_k, Hk, Hq // Hk, **band,
+        BLOCK_M=bm1, BLOCK_N=bn1, **flags, **mask_meta, ATOMIC_DQ=not deterministic, **sched,
+        FLAT_MASK=flat_mask(block_mask_t, band_any, seqlen_k, seqlen_q),
+        num_warps=w1, num_stages=s1)
+
+
+_WS_BWD: list = []
+
+
+def _try_hopper_ws_dkdv(q, k, v, dout, lse2, delta, softmax_scale: float, causal: bool):
+    """(dk, dv) from kernels/flash_attn_hopper_bwd.py (warp-specialised Gluon, sm_90) when it
+    takes these dense inputs, else None; the same switches and fallback as the forward's
+    (``TRITIUM_HOPPER_WS=0``, the interpreter, a Triton without Gluon or whose API moved on)."""
+    if _hopper_ws() is None:  # the forward's switches: env var, interpreter, no Gluon
+        return None
+    if not _WS_BWD:
+        try:
+            from tritium.kernels import flash_attn_hopper_bwd
+        except ImportError:
+            flash_attn_hopper_bwd = None
+        _WS_BWD.append(flash_attn_hopper_bwd)
+    ws = _WS_BWD[0]
+    if ws is None or not ws.supported(q, k, v, dout, causal=causal):
+        return None
+    try:
+        return ws.flash_attn_dkdv_ws(q, k, v, dout, lse2, delta, softmax_scale=softmax_scale,
+                                     causal=causal)
+    except (triton.CompilationError, AttributeError, TypeError) as e:
+        warnings.warn(f"tritium: the Hopper Gluon dK/dV kernel failed to build ({e!r:.200}); "
+                      "using the Triton kernel from now on", RuntimeWarning, stacklevel=3)
+        _WS_BWD[:] = [None]
+        return None

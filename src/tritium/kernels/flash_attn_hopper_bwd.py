@@ -1,0 +1,222 @@
+"""dK and dV for Hopper, warp-specialised, in Gluon: the backward's heavier half.
+
+The structure mirrors kernels/flash_attn_hopper.py (read that first): a work item is one key
+tile of 128 keys of one (sequence, KV head); two *consumer* warpgroups own 64 keys each and
+keep their dK, dV accumulators in registers; a one-warp *loader* brings the item's K and V
+once, then (Q, dO) tiles of 64 query rows of every query head in the GQA group through a ring
+of ``STAGES`` buffers (``qdo_ready`` / ``qdo_empty`` mbarriers, two arrivals per slot). Per
+(query tile, key tile), each consumer runs four asynchronous wgmma:
+
+    Sᵀ = K Qᵀ         Pᵀ = exp2(Sᵀ · scale·log2e − lse2)     (lse2: the forward's lse in base 2)
+    dV += Pᵀ dO       dPᵀ = V dOᵀ      dSᵀ = Pᵀ ∘ (dPᵀ − Δ)   (Δ = rowsum(dO ∘ O) − dlse)
+    dK += dSᵀ Q       (dK is scaled by the softmax scale once, at the end)
+
+Pᵀ and dSᵀ stay in registers as the A operand. dQ is left to the Triton dQ kernel
+(kernels/flash_attn_bwd.py), so the result is deterministic. Scope as the forward's Gluon
+kernel: batched dense inputs, fp16/bf16, head dim 128, GQA, causal aligned bottom-right with
+Sq <= Sk, Sq a multiple of 64 and Sk of 128, rows laid out for a 2-D TMA view; sm_90 only, no
+interpreter path (tests build it for sm_90 on the CPU; numbers are checked on a GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    mbarrier,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
+
+from tritium.kernels.flash_attn_hopper import LOG2E, _desc, _rows_view_ok, _tma_load
+
+
+@gluon.jit
+def _bwd_loader(q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
+                qdo_ready, qdo_empty, seqlen_q, seqlen_k, num_kv_heads, group, first_q_tile,
+                n_q_tiles, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
+    """This program's K, V (two 64-key halves) once, then Q, dO tile j of every query head."""
+    D: gl.constexpr = q_smem.shape[2]
+    bhk = gl.program_id(1)
+    b = bhk // num_kv_heads
+    hk = bhk % num_kv_heads
+    n0 = gl.program_id(0) * 128
+    kv_row = b * seqlen_k + n0
+    mbarrier.expect(kv_bar, 2 * k_desc.block_type.nbytes + 2 * v_desc.block_type.nbytes)
+    _tma_load(k_desc, [kv_row, hk * D], kv_bar, k_smem.index(0))
+    _tma_load(k_desc, [kv_row + 64, hk * D], kv_bar, k_smem.index(1))
+    _tma_load(v_desc, [kv_row, hk * D], kv_bar, v_smem.index(0))
+    _tma_load(v_desc, [kv_row + 64, hk * D], kv_bar, v_smem.index(1))
+    it = 0
+    for g in range(group):
+        col = (hk * group + g) * D
+        for j in range(first_q_tile, n_q_tiles):
+            s = it % STAGES
+            mbarrier.wait(qdo_empty.index(s), ((it // STAGES) & 1) ^ 1)
+            mbarrier.expect(qdo_ready.index(s),
+                            q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+            row = b * seqlen_q + j * BLOCK_M
+            _tma_load(q_desc, [row, col], qdo_ready.index(s), q_smem.index(s))
+            _tma_load(do_desc, [row, col], qdo_ready.index(s), do_smem.index(s))
+            it += 1
+
+
+@gluon.jit
+def _bwd_consumer(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready,
+                  qdo_empty, lse2_ptr, delta_ptr, dk_ptr, dv_ptr, seqlen_q, seqlen_k,
+                  num_kv_heads, group, first_q_tile, n_q_tiles, qk_scale, softmax_scale,
+                  BLOCK_M: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """Consumer warpgroup ``WG``: keys [n0 + 64 WG, + 64) of this program's key tile."""
+    dtype: gl.constexpr = q_smem.dtype
+    D: gl.constexpr = q_smem.shape[2]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_M, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)  # along the query axis of Sᵀ
+    bhk = gl.program_id(1)
+    b = bhk // num_kv_heads
+    hk = bhk % num_kv_heads
+    n_first = gl.program_id(0) * 128 + WG * 64  # this warpgroup's first key
+    shift = seqlen_k - seqlen_q
+    k_t = k_smem.index(WG)
+    v_t = v_smem.index(WG)
+    zero_s = gl.zeros([64, BLOCK_M], gl.float32, s_layout)
+    dk = gl.zeros([64, D], gl.float32, o_layout)
+    dv = gl.zeros([64, D], gl.float32, o_layout)
+    keys = n_first + gl.arange(0, 64, layout=gl.SliceLayout(1, s_layout))
+    mbarrier.wait(kv_bar, 0)
+    it = 0
+    for g in range(group):
+        bh = b * num_kv_heads * group + hk * group + g
+        for j in range(first_q_tile, n_q_tiles):
+            s = it % STAGES
+            m0 = j * BLOCK_M
+            cols = m0 + gl.arange(0, BLOCK_M, layout=col_layout)
+            lse2 = gl.load(lse2_ptr + bh.to(gl.int64) * seqlen_q + cols)
+            delta = gl.load(delta_ptr + bh.to(gl.int64) * seqlen_q + cols)
+            mbarrier.wait(qdo_ready.index(s), (it // STAGES) & 1)
+            q_t = q_smem.index(s)
+            do_t = do_smem.index(s)
+            st = warpgroup_mma(k_t, q_t.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+            st = warpgroup_mma_wait(num_outstanding=0, deps=(st,))
+            pt = gl.exp2(st * qk_scale - gl.expand_dims(lse2, 0))
+            if CAUSAL:
+                if m0 + shift < n_first + 64:  # this tile crosses the diagonal
+                    ok = gl.expand_dims(keys, 1) <= gl.expand_dims(cols, 0) + shift
+                    pt = gl.where(ok, pt, 0.0)
+            dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), a_layout), do_t, dv,
+                               is_async=True)
+            dpt = warpgroup_mma(v_t, do_t.permute((1, 0)), zero_s, use_acc=False,
+                                is_async=True)
+            dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
+            dst = pt * (dpt - gl.expand_dims(delta, 0))
+            dk = warpgroup_mma(gl.convert_layout(dst.to(dtype), a_layout), q_t, dk,
+                               is_async=True)
+            dk, dv = warpgroup_mma_wait(num_outstanding=0, deps=(dk, dv))
+            mbarrier.arrive(qdo_empty.index(s), count=1)
+            it += 1
+
+    rows = gl.arange(0, 64, layout=gl.SliceLayout(1, o_layout))
+    dcols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+    offs = (gl.expand_dims((b * seqlen_k + n_first + rows).to(gl.int64) * (num_kv_heads * D), 1)
+            + hk * D + gl.expand_dims(dcols, 0))
+    gl.store(dk_ptr + offs, (dk * softmax_scale).to(dtype))
+    gl.store(dv_ptr + offs, dv.to(dtype))
+
+
+@gluon.jit
+def _flash_attn_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, lse2_ptr, delta_ptr, dk_ptr,
+                               dv_ptr, seqlen_q, seqlen_k, num_kv_heads, group, qk_scale,
+                               softmax_scale, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
+                               STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    n_q_tiles = seqlen_q // BLOCK_M
+    first_q_tile = 0
+    if CAUSAL:  # query row m sees key n iff n <= m + Sk - Sq: skip the tiles that see none
+        first_q_tile = gl.maximum(gl.program_id(0) * 128 - (seqlen_k - seqlen_q), 0) // BLOCK_M
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM],
+                                        do_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [2, 64, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [2, 64, HEAD_DIM], v_desc.layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    qdo_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    qdo_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(qdo_ready.index(i), count=1)
+        mbarrier.init(qdo_empty.index(i), count=2)
+    gl.warp_specialize(
+        [(_bwd_consumer, (0, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_empty,
+                          lse2_ptr, delta_ptr, dk_ptr, dv_ptr, seqlen_q, seqlen_k, num_kv_heads,
+                          group, first_q_tile, n_q_tiles, qk_scale, softmax_scale, BLOCK_M,
+                          STAGES, CAUSAL)),
+         (_bwd_consumer, (1, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_empty,
+                          lse2_ptr, delta_ptr, dk_ptr, dv_ptr, seqlen_q, seqlen_k, num_kv_heads,
+                          group, first_q_tile, n_q_tiles, qk_scale, softmax_scale, BLOCK_M,
+                          STAGES, CAUSAL)),
+         (_bwd_loader, (q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
+                        qdo_ready, qdo_empty, seqlen_q, seqlen_k, num_kv_heads, group,
+                        first_q_tile, n_q_tiles, BLOCK_M, STAGES))],
+        worker_num_warps=[4, 1],
+        worker_num_regs=[240, 24],
+    )
+
+
+def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, *,
+              causal: bool) -> bool:
+    """Whether ``flash_attn_dkdv_ws`` takes these batched (B, S, H, D) inputs."""
+    if q.device.type != "cuda" or q.dim() != 4 or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if torch.cuda.get_device_capability(q.device) != (9, 0):
+        return False
+    Sq, Sk, D = q.shape[1], k.shape[1], q.shape[3]
+    if D != 128 or Sq % 64 or Sk % 128 or Sq == 0 or Sk == 0 or (causal and Sq > Sk):
+        return False
+    return all(_rows_view_ok(t) for t in (q, k, v, dout))
+
+
+def flash_attn_dkdv_ws(q, k, v, dout, lse2, delta, *, softmax_scale: float,
+                       causal: bool = False, stages: int = 4
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """dK, dV (k's shape, contiguous) from q, k, v, dout (B, S, H, D) and the backward
+    preprocess's ``lse2`` (lse · log2 e, +inf on empty rows) and ``delta`` (B, Hq, Sq) fp32.
+    Inputs must pass ``supported``."""
+    B, Sq, Hq, D = q.shape
+    Sk, Hk = k.shape[1], k.shape[2]
+    gl_dtype = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
+    dk = torch.empty((B, Sk, Hk, D), dtype=k.dtype, device=k.device)
+    dv = torch.empty((B, Sk, Hk, D), dtype=v.dtype, device=v.device)
+    _flash_attn_dkdv_ws_kernel[(Sk // 128, B * Hk)](
+        _desc(q, 64, gl_dtype), _desc(k, 64, gl_dtype), _desc(v, 64, gl_dtype),
+        _desc(dout, 64, gl_dtype), lse2, delta, dk, dv, Sq, Sk, Hk, Hq // Hk,
+        softmax_scale * LOG2E, softmax_scale, BLOCK_M=64, HEAD_DIM=D, STAGES=stages,
+        CAUSAL=causal, num_warps=4,
+    )
+    return dk, dv
+
+
+def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 4):
+    """Build the kernel for an H100 without one (see flash_attn_hopper.compile_for_sm90)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    gl_dtype = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
+    layout = gl.NVMMASharedLayout.get_default_for([64, 128], gl_dtype)
+    desc = f"tensordesc<{dtype}[64, 128],{layout!r}>"
+    sig = {"q_desc": desc, "k_desc": desc, "v_desc": desc, "do_desc": desc,
+           "lse2_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": f"*{dtype}",
+           "dv_ptr": f"*{dtype}", "seqlen_q": "i32", "seqlen_k": "i32", "num_kv_heads": "i32",
+           "group": "i32", "qk_scale": "fp32", "softmax_scale": "fp32",
+           "BLOCK_M": "constexpr", "HEAD_DIM": "constexpr", "STAGES": "constexpr",
+           "CAUSAL": "constexpr"}
+    constexprs = {(14,): 64, (15,): 128, (16,): stages, (17,): causal}
+    attrs = {(i,): [["tt.divisibility", 16]] for i in (4, 5, 6, 7)}
+    src = GluonASTSource(_flash_attn_dkdv_ws_kernel, sig, constexprs, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+
+
+__all__ = ["compile_for_sm90", "flash_attn_dkdv_ws", "supported"]
