@@ -4,11 +4,12 @@
     PYTHONPATH=src python benchmarks/attn_bwd_ws_probe.py --out ws_bwd.json
 
 Needs an sm_90 GPU. Times ``kernels.flash_attn_bwd.flash_attn_bwd`` (the backward launcher:
-preprocess, dK/dV, dQ) with the Gluon dK/dV kernel and with the Triton one
-(``TRITIUM_HOPPER_WS=0``), and cuDNN SDPA's backward (``autograd.grad`` of a retained graph), at
-D 128, 16k tokens (H 16, S 1k / 4k / 16k), bf16, causal and not; FLOPs 2.5x the forward's.
-Before timing, each child compares dq, dk, dv of the two launchers on the timed shapes and on
-a GQA one with Sq != Sk. Each child runs with a time limit (a deadlock costs one row).
+preprocess, dK/dV, dQ) with the Gluon dK/dV and dQ kernels (``ws``), with the Gluon dK/dV and
+the Triton dQ kernel (``ws_dkdv``), with the Triton kernels (``TRITIUM_HOPPER_WS=0``), and
+cuDNN SDPA's backward (``autograd.grad`` of a retained graph), at D 128, 16k tokens (H 16,
+S 1k / 4k / 16k), bf16, causal and not; FLOPs 2.5x the forward's. Before timing, each Gluon
+child compares dq, dk, dv with the Triton launcher's on shapes with GQA and Sq != Sk. Each
+child runs with a time limit (a deadlock costs one row).
 """
 
 from __future__ import annotations
@@ -36,17 +37,20 @@ def child(kind: str, causal: bool) -> dict:
     import torch
     import triton
 
+    from tritium.kernels import flash_attn_bwd as bwd_mod
     from tritium.kernels.flash_attn import flash_attn_fwd
     from tritium.kernels.flash_attn_bwd import flash_attn_bwd
     scale = D ** -0.5
+    bwd_mod.WS_DQ = kind != "ws_dkdv"  # "ws_dkdv": Gluon dK/dV with the Triton dQ kernel
     res = {"variant": f"{kind}_causal{int(causal)}", "tflops": {}, "checks": []}
 
     def bwd(q, k, v, do, o, lse):
         return flash_attn_bwd(do, q, k, v, o, lse, softmax_scale=scale, causal=causal,
                               deterministic=True)
 
-    if kind == "ws":
-        for B, Sq, Sk, Hq, Hk in [(2, 512, 1024, 8, 2), (1, 1024, 1024, 16, 16)]:
+    if kind.startswith("ws"):
+        for B, Sq, Sk, Hq, Hk in [(2, 512, 1024, 8, 2), (1, 1024, 1024, 16, 16),
+                                  (1, 384, 640, 9, 3)]:
             q, k, v, do = _inputs(B, Sq, Sk, Hq, Hk)
             os.environ["TRITIUM_HOPPER_WS"] = "0"
             o, lse = flash_attn_fwd(q, k, v, softmax_scale=scale, causal=causal)
@@ -58,7 +62,7 @@ def child(kind: str, causal: bool) -> dict:
                 n: (a.float() - b.float()).abs().max().item() / max(b.float().abs().max().item(),
                                                                    1e-6)
                 for n, a, b in zip(("dq", "dk", "dv"), got, ref)}})
-    os.environ["TRITIUM_HOPPER_WS"] = "1" if kind == "ws" else "0"
+    os.environ["TRITIUM_HOPPER_WS"] = "1" if kind.startswith("ws") else "0"
     for S in SEQS:
         B = TOKENS // S
         q, k, v, do = _inputs(B, S, S, H, H)
@@ -94,7 +98,7 @@ def main() -> None:
     report = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
               "torch": torch.__version__, "triton": triton.__version__, "results": []}
     for causal in ("0", "1"):
-        for kind in ("cudnn", "triton", "ws"):
+        for kind in ("cudnn", "triton", "ws_dkdv", "ws"):
             cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, causal]
             try:
                 p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)

@@ -694,6 +694,10 @@ def flash_attn_bwd(
         ws_dkdv = _try_hopper_ws_dkdv(q, k, v, dout, lse2, delta, softmax_scale, causal)
     if ws_dkdv is not None:
         dk, dv = ws_dkdv
+        if WS_DQ and q.shape[1] % 128 == 0:
+            dq = _WS_BWD[0].flash_attn_dq_ws(q, k, v, dout, lse2, delta,
+                                             softmax_scale=softmax_scale, causal=causal)
+            return dq, dk, dv
     else:
         _launch_dkdv(config, deterministic, block_mask, block_mask_t, common, dk4, dv4,
                      acc_args, cu_q, cu_k, dummy, strides, lse_strides, seqlen_q, seqlen_k,
@@ -743,6 +747,7 @@ def _launch_dkdv(config, deterministic, block_mask, block_mask_t, common, dk4, d
 
 
 _WS_BWD: list = []
+WS_DQ = True  # with the Gluon dK/dV kernel, also its dQ kernel (Sq a multiple of 128); probes
 
 
 def _try_hopper_ws_dkdv(q, k, v, dout, lse2, delta, softmax_scale: float, causal: bool):

@@ -29,7 +29,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from tritium.kernels.flash_attn_hopper import LOG2E, _desc, _rows_view_ok, _tma_load
+from tritium.kernels.flash_attn_hopper import LOG2E, _desc, _rows_view_ok, _tile, _tma_load
 
 
 @gluon.jit
@@ -165,6 +165,124 @@ def _flash_attn_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, lse2_ptr, delta_
     )
 
 
+@gluon.jit
+def _dq_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar,
+               k_ready, v_ready, kv_empty, m0, bh, n_tiles, seqlen_q, seqlen_k, num_heads, group,
+               BLOCK_N: gl.constexpr, STAGES: gl.constexpr):
+    """Q and dO of both 64-row halves once, then K/V tile j into ring slot j % STAGES."""
+    D: gl.constexpr = q_smem.shape[2]
+    b = bh // num_heads
+    h = bh % num_heads
+    row = b * seqlen_q + m0
+    mbarrier.expect(q_bar, 2 * q_desc.block_type.nbytes + 2 * do_desc.block_type.nbytes)
+    _tma_load(q_desc, [row, h * D], q_bar, q_smem.index(0))
+    _tma_load(q_desc, [row + 64, h * D], q_bar, q_smem.index(1))
+    _tma_load(do_desc, [row, h * D], q_bar, do_smem.index(0))
+    _tma_load(do_desc, [row + 64, h * D], q_bar, do_smem.index(1))
+    kv_row = b * seqlen_k
+    kv_col = (h // group) * D
+    for j in range(n_tiles):
+        s = j % STAGES
+        mbarrier.wait(kv_empty.index(s), ((j // STAGES) & 1) ^ 1)
+        mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+        _tma_load(k_desc, [kv_row + j * BLOCK_N, kv_col], k_ready.index(s), k_smem.index(s))
+        mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+        _tma_load(v_desc, [kv_row + j * BLOCK_N, kv_col], v_ready.index(s), v_smem.index(s))
+
+
+@gluon.jit
+def _dq_consumer(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, q_bar, k_ready, v_ready,
+                 kv_empty, lse2_ptr, delta_ptr, dq_ptr, m0, bh, n_tiles, n_full, seqlen_q,
+                 seqlen_k, num_heads, qk_scale, softmax_scale, BLOCK_N: gl.constexpr,
+                 STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """Consumer ``WG``: dQ of query rows [m0 + 64 WG, + 64) over the item's key tiles:
+    S = Q Kᵀ, P = exp2(S · scale·log2e − lse2), dP = dO Vᵀ, dS = P ∘ (dP − Δ), dQ += dS K."""
+    dtype: gl.constexpr = q_smem.dtype
+    D: gl.constexpr = q_smem.shape[2]
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(
+        version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, D, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
+    row0 = m0 + WG * 64
+    rows = row0 + gl.arange(0, 64, layout=row_layout)
+    lse2 = gl.load(lse2_ptr + bh.to(gl.int64) * seqlen_q + rows)
+    delta = gl.load(delta_ptr + bh.to(gl.int64) * seqlen_q + rows)
+    shift = seqlen_k - seqlen_q
+    zero_s = gl.zeros([64, BLOCK_N], gl.float32, s_layout)
+    dq = gl.zeros([64, D], gl.float32, o_layout)
+    q_t = q_smem.index(WG)
+    do_t = do_smem.index(WG)
+    mbarrier.wait(q_bar, 0)
+    for j in range(n_tiles):
+        s = j % STAGES
+        ph = (j // STAGES) & 1
+        mbarrier.wait(k_ready.index(s), ph)
+        sc = warpgroup_mma(q_t, k_smem.index(s).permute((1, 0)), zero_s, use_acc=False,
+                           is_async=True)
+        mbarrier.wait(v_ready.index(s), ph)
+        dp = warpgroup_mma(do_t, v_smem.index(s).permute((1, 0)), zero_s, use_acc=False,
+                           is_async=True)
+        sc = warpgroup_mma_wait(num_outstanding=1, deps=(sc,))
+        p = gl.exp2(sc * qk_scale - gl.expand_dims(lse2, 1))
+        if CAUSAL:
+            if j >= n_full:
+                cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+                p = gl.where(gl.expand_dims(cols, 0) <= gl.expand_dims(rows, 1) + shift, p, 0.0)
+        dp = warpgroup_mma_wait(num_outstanding=0, deps=(dp,))
+        ds = p * (dp - gl.expand_dims(delta, 1))
+        dq = warpgroup_mma(gl.convert_layout(ds.to(dtype), a_layout), k_smem.index(s), dq,
+                           is_async=True)
+        dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq,))
+        mbarrier.arrive(kv_empty.index(s), count=1)
+    b = bh // num_heads
+    h = bh % num_heads
+    orow = gl.arange(0, 64, layout=gl.SliceLayout(1, o_layout))
+    ocol = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+    offs = (gl.expand_dims((b * seqlen_q + row0 + orow).to(gl.int64) * (num_heads * D), 1)
+            + h * D + gl.expand_dims(ocol, 0))
+    gl.store(dq_ptr + offs, (dq * softmax_scale).to(dtype))
+
+
+@gluon.jit
+def _flash_attn_dq_ws_kernel(q_desc, do_desc, k_desc, v_desc, lse2_ptr, delta_ptr, dq_ptr,
+                             seqlen_q, seqlen_k, num_heads, group, qk_scale, softmax_scale,
+                             BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                             STAGES: gl.constexpr, CAUSAL: gl.constexpr):
+    """One program per 128 query rows of one (sequence, head); causal: longest first."""
+    m0, bh, n_tiles, n_full = _tile(gl.program_id(0), seqlen_q // 128, gl.num_programs(0),
+                                    seqlen_q, seqlen_k, BLOCK_N, CAUSAL, False)
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [2, 64, HEAD_DIM], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(do_desc.dtype, [2, 64, HEAD_DIM], do_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_DIM], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_ready.index(i), count=1)
+        mbarrier.init(v_ready.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=2)
+    gl.warp_specialize(
+        [(_dq_consumer, (0, q_smem, do_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty,
+                         lse2_ptr, delta_ptr, dq_ptr, m0, bh, n_tiles, n_full, seqlen_q,
+                         seqlen_k, num_heads, qk_scale, softmax_scale, BLOCK_N, STAGES,
+                         CAUSAL)),
+         (_dq_consumer, (1, q_smem, do_smem, k_smem, v_smem, q_bar, k_ready, v_ready, kv_empty,
+                         lse2_ptr, delta_ptr, dq_ptr, m0, bh, n_tiles, n_full, seqlen_q,
+                         seqlen_k, num_heads, qk_scale, softmax_scale, BLOCK_N, STAGES,
+                         CAUSAL)),
+         (_dq_loader, (q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem, q_bar,
+                       k_ready, v_ready, kv_empty, m0, bh, n_tiles, seqlen_q, seqlen_k,
+                       num_heads, group, BLOCK_N, STAGES))],
+        worker_num_warps=[4, 1],
+        worker_num_regs=[240, 24],
+    )
+
+
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, *,
               causal: bool) -> bool:
     """Whether ``flash_attn_dkdv_ws`` takes these batched (B, S, H, D) inputs."""
@@ -196,6 +314,23 @@ def flash_attn_dkdv_ws(q, k, v, dout, lse2, delta, *, softmax_scale: float,
         CAUSAL=causal, num_warps=4,
     )
     return dk, dv
+
+
+def flash_attn_dq_ws(q, k, v, dout, lse2, delta, *, softmax_scale: float, causal: bool = False,
+                     block_n: int = 128, stages: int = 2) -> torch.Tensor:
+    """dQ (q's shape, contiguous), deterministic; inputs as ``flash_attn_dkdv_ws``'s, and Sq a
+    multiple of 128 and Sk of ``block_n``."""
+    B, Sq, Hq, D = q.shape
+    Sk, Hk = k.shape[1], k.shape[2]
+    gl_dtype = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
+    dq = torch.empty((B, Sq, Hq, D), dtype=q.dtype, device=q.device)
+    _flash_attn_dq_ws_kernel[((Sq // 128) * B * Hq,)](
+        _desc(q, 64, gl_dtype), _desc(dout, 64, gl_dtype), _desc(k, block_n, gl_dtype),
+        _desc(v, block_n, gl_dtype), lse2, delta, dq, Sq, Sk, Hq, Hq // Hk,
+        softmax_scale * LOG2E, softmax_scale, BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages,
+        CAUSAL=causal, num_warps=4,
+    )
+    return dq
 
 
 def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 4):
