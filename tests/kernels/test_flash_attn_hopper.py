@@ -41,13 +41,14 @@ for dtype, causal, pairs in (("bf16", False, False), ("bf16", True, True), ("fp1
         tma="cp.async.bulk.tensor.2d" in ptx, mbarrier_wait="mbarrier.try_wait.parity" in ptx,
         num_warps=k.metadata.num_warps, shared=k.metadata.shared)
 from tritium.kernels.flash_attn_hopper_bwd import compile_for_sm90 as compile_bwd
-for causal in (False, True):
-    k = compile_bwd("bf16", causal)
+for kernel, causal in (("dkdv", False), ("dkdv", True), ("dq", True)):
+    k = compile_bwd("bf16", causal, kernel=kernel)
     ptx = k.asm["ptx"]
-    out[f"dkdv-{causal}"] = dict(
-        # S^T and dP^T: 64 keys x 64 queries; dV and dK: 64 keys x 128 dims
-        wgmma="wgmma.mma_async.sync.aligned.m64n64k16" in ptx
-        and "wgmma.mma_async.sync.aligned.m64n128k16" in ptx, wait1=True,
+    out[f"{kernel}-{causal}"] = dict(
+        # dK/dV: S^T and dP^T 64 keys x 64 queries, dV and dK 64 keys x 128 dims; dQ: S and dP
+        # 64 queries x 128 keys, dQ 64 x 128
+        wgmma="wgmma.mma_async.sync.aligned.m64n128k16" in ptx
+        and (kernel == "dq" or "wgmma.mma_async.sync.aligned.m64n64k16" in ptx),
         regs=sorted(set(re.findall(r"setmaxnreg[.](?:inc|dec)[.]sync[.]aligned[.]u32[ \\t]+(\\d+);",
                                    ptx))),
         tma="cp.async.bulk.tensor.2d" in ptx, mbarrier_wait="mbarrier.try_wait.parity" in ptx,
@@ -66,12 +67,12 @@ def test_builds_warp_specialised_for_sm90():
     assert line, p.stderr[-3000:]
     builds = json.loads(line[0][len("RESULT "):])
     assert set(builds) == {"bf16-False-False", "bf16-True-True", "fp16-True-False",
-                           "dkdv-False", "dkdv-True"}
+                           "dkdv-False", "dkdv-True", "dq-True"}
     for name, b in builds.items():
         # 64 rows x 128 keys x 128 dims per warpgroup: S = Q K^T and O += P V, both wgmma.
         assert b["wgmma"], name
-        # forward, intra-warpgroup overlap (the default): wait for S(j) alone while P V runs
-        assert b["wait1"], name
+        if "wait1" in b:  # the forward's intra-warpgroup overlap: S(j) waited for alone
+            assert b["wait1"], name
         # Partitions with their own register budgets: 240 for the second consumer and 24 for
         # the loader (worker_num_regs=[240, 24]); TMA copies and mbarrier waits.
         assert {"240", "24"} <= set(b["regs"]), (name, b["regs"])
@@ -168,3 +169,45 @@ def test_supported_rejects_what_the_kernel_cannot_take():
     assert hopper._rows_view_ok(q)
     qkv = torch.zeros(1, 256, 3, 4, 128)  # q, k, v slices of a packed projection
     assert hopper._rows_view_ok(qkv[:, :, 0])
+
+
+def test_backward_dispatch(monkeypatch):
+    """flash_attn_bwd: Gluon dK/dV (and dQ when Sq % 128 == 0) only where the forward's
+    switches allow and the module says it takes the inputs; a build failure falls back once."""
+    from tritium.kernels import flash_attn_bwd as fb
+
+    calls: list = []
+
+    class Fake:
+        fails = False
+
+        @staticmethod
+        def supported(q, k, v, dout, *, causal):
+            return q.shape[1] % 64 == 0
+
+        @classmethod
+        def flash_attn_dkdv_ws(cls, q, k, v, dout, lse2, delta, *, softmax_scale, causal):
+            calls.append("dkdv")
+            if cls.fails:
+                raise TypeError("warp_specialize() got an unexpected keyword argument")
+            return "dk", "dv"
+
+    monkeypatch.setattr(fa, "_WS_MODULE", [object()])  # the forward's switch: "available"
+    monkeypatch.setattr(fb, "_WS_BWD", [Fake])
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("TRITIUM_HOPPER_WS", "1")
+    q = torch.zeros(1, 192, 4, 128)
+    k = torch.zeros(1, 256, 2, 128)
+    lse = torch.zeros(1, 4, 192)
+    assert fb._try_hopper_ws_dkdv(q, k, k, q, lse, lse, 0.1, True) == ("dk", "dv")
+    assert fb._try_hopper_ws_dkdv(q[:, :100], k, k, q[:, :100], lse, lse, 0.1, True) is None
+    monkeypatch.setenv("TRITIUM_HOPPER_WS", "0")
+    assert fb._try_hopper_ws_dkdv(q, k, k, q, lse, lse, 0.1, True) is None
+    assert calls == ["dkdv"]
+    monkeypatch.setenv("TRITIUM_HOPPER_WS", "1")
+    Fake.fails = True
+    with pytest.warns(RuntimeWarning, match="dK/dV kernel failed to build"):
+        assert fb._try_hopper_ws_dkdv(q, k, k, q, lse, lse, 0.1, True) is None
+    assert fb._try_hopper_ws_dkdv(q, k, k, q, lse, lse, 0.1, True) is None
+    assert calls == ["dkdv", "dkdv"]  # switched off after the failure
+

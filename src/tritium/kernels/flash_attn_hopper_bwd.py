@@ -333,25 +333,37 @@ def flash_attn_dq_ws(q, k, v, dout, lse2, delta, *, softmax_scale: float, causal
     return dq
 
 
-def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 4):
-    """Build the kernel for an H100 without one (see flash_attn_hopper.compile_for_sm90)."""
+def compile_for_sm90(dtype: str = "bf16", causal: bool = False, kernel: str = "dkdv"):
+    """Build ``kernel`` ("dkdv" or "dq", default tiles) for an H100 without one (see
+    flash_attn_hopper.compile_for_sm90)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
     gl_dtype = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
-    layout = gl.NVMMASharedLayout.get_default_for([64, 128], gl_dtype)
-    desc = f"tensordesc<{dtype}[64, 128],{layout!r}>"
-    sig = {"q_desc": desc, "k_desc": desc, "v_desc": desc, "do_desc": desc,
-           "lse2_ptr": "*fp32", "delta_ptr": "*fp32", "dk_ptr": f"*{dtype}",
-           "dv_ptr": f"*{dtype}", "seqlen_q": "i32", "seqlen_k": "i32", "num_kv_heads": "i32",
-           "group": "i32", "qk_scale": "fp32", "softmax_scale": "fp32",
-           "BLOCK_M": "constexpr", "HEAD_DIM": "constexpr", "STAGES": "constexpr",
-           "CAUSAL": "constexpr"}
-    constexprs = {(14,): 64, (15,): 128, (16,): stages, (17,): causal}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (4, 5, 6, 7)}
-    src = GluonASTSource(_flash_attn_dkdv_ws_kernel, sig, constexprs, attrs)
+
+    def desc(rows):
+        layout = gl.NVMMASharedLayout.get_default_for([rows, 128], gl_dtype)
+        return f"tensordesc<{dtype}[{rows}, 128],{layout!r}>"
+    if kernel == "dkdv":
+        fn = _flash_attn_dkdv_ws_kernel
+        types = {"q_desc": desc(64), "k_desc": desc(64), "v_desc": desc(64),
+                 "do_desc": desc(64), "dk_ptr": f"*{dtype}", "dv_ptr": f"*{dtype}",
+                 "num_kv_heads": "i32", "BLOCK_M": 64, "STAGES": 4}
+    else:
+        fn = _flash_attn_dq_ws_kernel
+        types = {"q_desc": desc(64), "do_desc": desc(64), "k_desc": desc(128),
+                 "v_desc": desc(128), "dq_ptr": f"*{dtype}", "num_heads": "i32",
+                 "BLOCK_N": 128, "STAGES": 2}
+    types.update({"lse2_ptr": "*fp32", "delta_ptr": "*fp32", "seqlen_q": "i32",
+                  "seqlen_k": "i32", "group": "i32", "qk_scale": "fp32",
+                  "softmax_scale": "fp32", "HEAD_DIM": 128, "CAUSAL": causal})
+    names = fn.arg_names  # the kernel's parameter order
+    sig = {n: types[n] if isinstance(types[n], str) else "constexpr" for n in names}
+    constexprs = {(i,): types[n] for i, n in enumerate(names) if not isinstance(types[n], str)}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr")}
+    src = GluonASTSource(fn, sig, constexprs, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 
-__all__ = ["compile_for_sm90", "flash_attn_dkdv_ws", "supported"]
+__all__ = ["compile_for_sm90", "flash_attn_dkdv_ws", "flash_attn_dq_ws", "supported"]
