@@ -22,6 +22,7 @@ import subprocess
 import sys
 
 SEQS = (1024, 4096, 16384)
+KINDS = ("cudnn", "triton", "ws_dkdv", "ws", "ws_bm32")
 TOKENS, H, D = 16384, 16, 128
 
 
@@ -42,6 +43,9 @@ def child(kind: str, causal: bool) -> dict:
     from tritium.kernels.flash_attn_bwd import flash_attn_bwd
     scale = D ** -0.5
     bwd_mod.WS_DQ = kind != "ws_dkdv"  # "ws_dkdv": Gluon dK/dV with the Triton dQ kernel
+    if kind == "ws_bm32":  # dK/dV on 32-row query tiles (no register spills), 6 slots
+        from tritium.kernels import flash_attn_hopper_bwd
+        flash_attn_hopper_bwd.DKDV_TILE = (32, 6)
     res = {"variant": f"{kind}_causal{int(causal)}", "tflops": {}, "checks": []}
 
     def bwd(q, k, v, do, o, lse):
@@ -88,6 +92,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="attn_bwd_ws_probe.json")
     ap.add_argument("--timeout", type=int, default=150)
+    ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -98,7 +103,7 @@ def main() -> None:
     report = {"date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
               "torch": torch.__version__, "triton": triton.__version__, "results": []}
     for causal in ("0", "1"):
-        for kind in ("cudnn", "triton", "ws_dkdv", "ws"):
+        for kind in args.kinds.split(","):
             cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, causal]
             try:
                 p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)

@@ -296,8 +296,14 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Ten
     return all(_rows_view_ok(t) for t in (q, k, v, dout))
 
 
+# dK/dV query tile (rows of Q and dO per step) and ring depth. 64 rows: 204-288 B of register
+# spills per consumer (ptxas, sm_90a, Triton 3.6); 32 rows: none, at half the wgmma N for Sᵀ
+# and dPᵀ. The probe (benchmarks/attn_bwd_ws_probe.py) times both.
+DKDV_TILE = (64, 4)
+
+
 def flash_attn_dkdv_ws(q, k, v, dout, lse2, delta, *, softmax_scale: float,
-                       causal: bool = False, stages: int = 4
+                       causal: bool = False, tile: tuple[int, int] | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """dK, dV (k's shape, contiguous) from q, k, v, dout (B, S, H, D) and the backward
     preprocess's ``lse2`` (lse · log2 e, +inf on empty rows) and ``delta`` (B, Hq, Sq) fp32.
@@ -307,10 +313,11 @@ def flash_attn_dkdv_ws(q, k, v, dout, lse2, delta, *, softmax_scale: float,
     gl_dtype = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
     dk = torch.empty((B, Sk, Hk, D), dtype=k.dtype, device=k.device)
     dv = torch.empty((B, Sk, Hk, D), dtype=v.dtype, device=v.device)
+    block_m, stages = tile or DKDV_TILE
     _flash_attn_dkdv_ws_kernel[(Sk // 128, B * Hk)](
-        _desc(q, 64, gl_dtype), _desc(k, 64, gl_dtype), _desc(v, 64, gl_dtype),
-        _desc(dout, 64, gl_dtype), lse2, delta, dk, dv, Sq, Sk, Hk, Hq // Hk,
-        softmax_scale * LOG2E, softmax_scale, BLOCK_M=64, HEAD_DIM=D, STAGES=stages,
+        _desc(q, block_m, gl_dtype), _desc(k, 64, gl_dtype), _desc(v, 64, gl_dtype),
+        _desc(dout, block_m, gl_dtype), lse2, delta, dk, dv, Sq, Sk, Hk, Hq // Hk,
+        softmax_scale * LOG2E, softmax_scale, BLOCK_M=block_m, HEAD_DIM=D, STAGES=stages,
         CAUSAL=causal, num_warps=4,
     )
     return dk, dv
