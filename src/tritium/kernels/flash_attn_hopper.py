@@ -86,13 +86,26 @@ def _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N: gl.constexpr, CAUSAL: gl.co
 
 
 @gluon.jit
+def _load_kv(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, it, row, col,
+             STAGES: gl.constexpr):
+    """K and V rows [row, row + tile) into ring slot it % STAGES, once both consumers have
+    released it (a slot's first use waits on parity 1, which a fresh mbarrier reports done)."""
+    s = it % STAGES
+    mbarrier.wait(kv_empty.index(s), ((it // STAGES) & 1) ^ 1)
+    mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
+    _tma_load(k_desc, [row, col], k_ready.index(s), k_smem.index(s))
+    mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
+    _tma_load(v_desc, [row, col], v_ready.index(s), v_smem.index(s))
+
+
+@gluon.jit
 def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready,
             kv_empty, seqlen_q, seqlen_k, num_heads, group, n_m, n_bh,
             BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
             PAIRS: gl.constexpr):
     """Loader partition: per work item, both Q tiles, then its K/V tiles through the ring.
     ``it`` counts K/V tiles over all of this program's items: slot it % STAGES, and its
-    parity (it // STAGES) & 1. A first wait on parity 1 passes on a fresh mbarrier."""
+    parity (it // STAGES) & 1."""
     D: gl.constexpr = q_smem.shape[2]
     it = 0
     i = 0
@@ -109,12 +122,8 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_re
         kv_row = b * seqlen_k
         kv_col = (h // group) * D
         for j in range(n_tiles):
-            s = it % STAGES
-            mbarrier.wait(kv_empty.index(s), ((it // STAGES) & 1) ^ 1)
-            mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-            _tma_load(k_desc, [kv_row + j * BLOCK_N, kv_col], k_ready.index(s), k_smem.index(s))
-            mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-            _tma_load(v_desc, [kv_row + j * BLOCK_N, kv_col], v_ready.index(s), v_smem.index(s))
+            _load_kv(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, it,
+                     kv_row + j * BLOCK_N, kv_col, STAGES)
             it += 1
         i += 1
 

@@ -29,7 +29,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from tritium.kernels.flash_attn_hopper import LOG2E, _desc, _rows_view_ok, _tile, _tma_load
+from tritium.kernels.flash_attn_hopper import (
+    LOG2E,
+    _desc,
+    _load_kv,
+    _rows_view_ok,
+    _tile,
+    _tma_load,
+)
 
 
 @gluon.jit
@@ -182,12 +189,8 @@ def _dq_loader(q_desc, do_desc, k_desc, v_desc, q_smem, do_smem, k_smem, v_smem,
     kv_row = b * seqlen_k
     kv_col = (h // group) * D
     for j in range(n_tiles):
-        s = j % STAGES
-        mbarrier.wait(kv_empty.index(s), ((j // STAGES) & 1) ^ 1)
-        mbarrier.expect(k_ready.index(s), k_desc.block_type.nbytes)
-        _tma_load(k_desc, [kv_row + j * BLOCK_N, kv_col], k_ready.index(s), k_smem.index(s))
-        mbarrier.expect(v_ready.index(s), v_desc.block_type.nbytes)
-        _tma_load(v_desc, [kv_row + j * BLOCK_N, kv_col], v_ready.index(s), v_smem.index(s))
+        _load_kv(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, kv_empty, j,
+                 kv_row + j * BLOCK_N, kv_col, STAGES)
 
 
 @gluon.jit
