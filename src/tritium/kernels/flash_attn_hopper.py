@@ -12,13 +12,16 @@ pieces FlashAttention-3 is built from, and this kernel uses them:
   one per consumer) that both consumers are done with it, ``q_empty`` the same for Q;
 - each consumer runs the online softmax in base 2 on its 64 rows with asynchronous wgmma
   (S = Q Kᵀ from shared memory, O += P V with P in registers);
-- ping-pong: the consumers take turns on the tensor cores. A consumer's "GEMM block" is
-  O += P(j-1) V(j-1) then S(j) = Q K(j)ᵀ; it waits for its turn (an mbarrier the other consumer
-  arrives on when its own block is done), so one consumer's softmax runs under the other's
-  matmuls (FlashAttention-3's inter-warpgroup overlap; measured +5-7%);
+- ping-pong: the consumers take turns on the tensor cores. A consumer's "GEMM block" issues
+  S(j) = Q K(j)ᵀ and O += P(j-1) V(j-1) once it has the turn (an mbarrier the other consumer
+  arrives on), so one consumer's softmax runs under the other's matmuls (FlashAttention-3's
+  inter-warpgroup overlap; measured +5-7%);
+- ``INTRA`` (default): the turn is handed over as soon as both are issued, and the softmax of
+  S(j) runs while this consumer's own P V is still in flight (the intra-warpgroup overlap;
+  +0-5%);
 - non-causal launches are persistent (one program per SM walks the work items, so the next
-  item's loads overlap this one's epilogue); causal ones launch one program per item, longest
-  first.
+  item's loads overlap this one's epilogue); causal ones give each program a pair of a long and
+  a short query tile of one head (equal work per program; +0-7%).
 
 Scope (everything else goes to the Triton kernel in kernels/flash_attn.py): batched
 (B, S, H, D) inputs, fp16/bf16, head dim 128 (at 64 it measured slower than the Triton
@@ -45,7 +48,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 LOG2E = 1.4426950408889634
-LN2 = 0.6931471805599453
 # The TMA load was renamed between Triton 3.6 (async_copy_global_to_shared) and 3.9 (async_load,
 # the old name now raises); same arguments (descriptor, coordinates, mbarrier, destination).
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -162,8 +164,9 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
     GEMM block k (k = 0 .. n_tiles) of an item runs O += P(k-1) V(k-1) (k >= 1) and
     S(k) = Q K(k)ᵀ (k < n_tiles). Blocks are numbered over all of this program's items
     (``blk``); a consumer waits on turn[WG] at parity (blk + 1 + WG) & 1 before its block (so
-    WG 0 goes first) and arrives on turn[1 - WG] after it: the two consumers' blocks
-    alternate, and each one's softmax runs under the other's matmuls."""
+    WG 0 goes first) and arrives on turn[1 - WG] once its matmuls are issued (INTRA) or done:
+    the two consumers' blocks alternate, and each one's softmax runs under the other's
+    matmuls."""
     dtype: gl.constexpr = q_smem.dtype
     D: gl.constexpr = q_smem.shape[2]
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(
