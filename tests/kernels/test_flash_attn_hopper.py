@@ -111,7 +111,7 @@ class _RecordingLaunch:
 def test_dispatch_sends_only_plain_dense_calls(monkeypatch):
     calls: list = []
     triton_kernel = _RecordingLaunch()
-    monkeypatch.setattr(fa, "_WS_MODULE", [_fake_module(calls)])
+    monkeypatch.setattr(fa, "_GLUON", {"flash_attn_hopper": _fake_module(calls)})
     monkeypatch.setattr(fa, "_flash_attn_fwd_kernel", triton_kernel)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("TRITIUM_HOPPER_WS", "1")
@@ -136,7 +136,7 @@ def test_dispatch_sends_only_plain_dense_calls(monkeypatch):
 
 def test_dispatch_switches_off(monkeypatch):
     calls: list = []
-    monkeypatch.setattr(fa, "_WS_MODULE", [_fake_module(calls)])
+    monkeypatch.setattr(fa, "_GLUON", {"flash_attn_hopper": _fake_module(calls)})
     q = k = v = torch.zeros(1, 128, 2, 128)
     monkeypatch.setenv("TRITIUM_HOPPER_WS", "0")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -149,7 +149,7 @@ def test_dispatch_switches_off(monkeypatch):
 
 def test_build_failure_falls_back_once(monkeypatch):
     calls: list = []
-    monkeypatch.setattr(fa, "_WS_MODULE", [_fake_module(calls, fails=True)])
+    monkeypatch.setattr(fa, "_GLUON", {"flash_attn_hopper": _fake_module(calls, fails=True)})
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("TRITIUM_HOPPER_WS", "1")
     q = k = v = torch.zeros(1, 128, 2, 128)
@@ -172,14 +172,15 @@ def test_supported_rejects_what_the_kernel_cannot_take():
 
 
 def test_backward_dispatch(monkeypatch):
-    """flash_attn_bwd: Gluon dK/dV (and dQ when Sq % 128 == 0) only where the forward's
-    switches allow and the module says it takes the inputs; a build failure falls back once."""
+    """flash_attn_bwd's Gluon path: dK/dV (and dQ when Sq % 128 == 0) only where the switches
+    allow and the module says it takes the inputs; a dK/dV build failure falls back to the
+    Triton kernels for good, a dQ build failure to the Triton dQ kernel."""
     from tritium.kernels import flash_attn_bwd as fb
 
     calls: list = []
 
     class Fake:
-        fails = False
+        fails = set()
 
         @staticmethod
         def supported(q, k, v, dout, *, causal):
@@ -188,26 +189,37 @@ def test_backward_dispatch(monkeypatch):
         @classmethod
         def flash_attn_dkdv_ws(cls, q, k, v, dout, lse2, delta, *, softmax_scale, causal):
             calls.append("dkdv")
-            if cls.fails:
+            if "dkdv" in cls.fails:
                 raise TypeError("warp_specialize() got an unexpected keyword argument")
             return "dk", "dv"
 
-    monkeypatch.setattr(fa, "_WS_MODULE", [object()])  # the forward's switch: "available"
-    monkeypatch.setattr(fb, "_WS_BWD", [Fake])
+        @classmethod
+        def flash_attn_dq_ws(cls, q, k, v, dout, lse2, delta, *, softmax_scale, causal):
+            calls.append("dq")
+            if "dq" in cls.fails:
+                raise AttributeError("module 'tma' has no attribute 'async_load'")
+            return "dq"
+
+    monkeypatch.setattr(fa, "_GLUON", {"flash_attn_hopper_bwd": Fake})
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     monkeypatch.setenv("TRITIUM_HOPPER_WS", "1")
-    q = torch.zeros(1, 192, 4, 128)
+    q = torch.zeros(1, 256, 4, 128)
     k = torch.zeros(1, 256, 2, 128)
-    lse = torch.zeros(1, 4, 192)
-    assert fb._try_hopper_ws_dkdv(q, k, k, q, lse, lse, 0.1, True) == ("dk", "dv")
-    assert fb._try_hopper_ws_dkdv(q[:, :100], k, k, q[:, :100], lse, lse, 0.1, True) is None
+    lse = torch.zeros(1, 4, 256)
+    bwd = fb._try_hopper_ws_bwd
+    assert bwd(q, k, k, q, lse, lse, 0.1, True) == ("dq", "dk", "dv")
+    assert calls == ["dkdv", "dq"]
+    # Sq a multiple of 64, not of 128: Gluon dK/dV, Triton dQ (dq None)
+    assert bwd(q[:, :192], k, k, q[:, :192], lse, lse, 0.1, True) == (None, "dk", "dv")
+    assert bwd(q[:, :100], k, k, q[:, :100], lse, lse, 0.1, True) is None  # unsupported
     monkeypatch.setenv("TRITIUM_HOPPER_WS", "0")
-    assert fb._try_hopper_ws_dkdv(q, k, k, q, lse, lse, 0.1, True) is None
-    assert calls == ["dkdv"]
+    assert bwd(q, k, k, q, lse, lse, 0.1, True) is None
+    assert calls == ["dkdv", "dq", "dkdv"]
     monkeypatch.setenv("TRITIUM_HOPPER_WS", "1")
-    Fake.fails = True
-    with pytest.warns(RuntimeWarning, match="dK/dV kernel failed to build"):
-        assert fb._try_hopper_ws_dkdv(q, k, k, q, lse, lse, 0.1, True) is None
-    assert fb._try_hopper_ws_dkdv(q, k, k, q, lse, lse, 0.1, True) is None
-    assert calls == ["dkdv", "dkdv"]  # switched off after the failure
-
+    Fake.fails = {"dq"}
+    with pytest.warns(RuntimeWarning, match="failed to build"):
+        # this call keeps its Gluon dK/dV and runs the Triton dQ; the module is off from here
+        assert bwd(q, k, k, q, lse, lse, 0.1, True) == (None, "dk", "dv")
+    assert calls[-2:] == ["dkdv", "dq"]
+    assert bwd(q, k, k, q, lse, lse, 0.1, True) is None
+    assert len(calls) == 5  # switched off after the failure: no further attempt

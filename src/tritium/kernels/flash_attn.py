@@ -18,6 +18,7 @@ inner loop uses exp2. The returned log-sum-exp is in natural-log units.
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
@@ -571,36 +572,42 @@ def flash_attn_fwd(
     return out, lse
 
 
-_WS_MODULE: list = []
+_GLUON: dict = {}  # kernels module name -> the module, or None (no Gluon, or its build failed)
 
 
-def _hopper_ws():
-    """kernels/flash_attn_hopper.py (the warp-specialised Gluon forward for sm_90), or None
-    where this Triton has no Gluon Hopper API or ``TRITIUM_HOPPER_WS=0`` turns it off."""
+def gluon_module(name: str):
+    """``tritium.kernels.<name>``, one of the warp-specialised Gluon kernels for sm_90, or None:
+    ``TRITIUM_HOPPER_WS=0``, the interpreter, a Triton without Gluon's Hopper API, or an earlier
+    build failure (``gluon_call``) turn them off."""
     if os.environ.get("TRITIUM_HOPPER_WS", "1") == "0" or _interpreting():
         return None
-    if not _WS_MODULE:
+    if name not in _GLUON:
         try:
-            from tritium.kernels import flash_attn_hopper
+            _GLUON[name] = importlib.import_module(f"tritium.kernels.{name}")
         except ImportError:
-            flash_attn_hopper = None
-        _WS_MODULE.append(flash_attn_hopper)
-    return _WS_MODULE[0]
+            _GLUON[name] = None
+    return _GLUON[name]
+
+
+def gluon_call(name: str, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` from module ``name``, or None when it fails to build (a Triton
+    whose Gluon API moved on): that warns once and turns the module off for good."""
+    try:
+        return fn(*args, **kwargs)
+    except (triton.CompilationError, AttributeError, TypeError) as e:
+        warnings.warn(f"tritium: the Gluon kernels.{name} failed to build ({e!r:.200}); using "
+                      "the Triton kernel from now on", RuntimeWarning, stacklevel=3)
+        _GLUON[name] = None
+        return None
 
 
 def _try_hopper_ws(q, k, v, softmax_scale: float, causal: bool):
-    """(out, lse) from the Hopper Gluon forward when it takes these dense inputs, else None.
-    A build failure (a Triton whose Gluon API moved on) warns once and turns the path off."""
-    ws = _hopper_ws()
+    """(out, lse) from the Hopper Gluon forward when it takes these dense inputs, else None."""
+    ws = gluon_module("flash_attn_hopper")
     if ws is None or not ws.supported(q, k, v, causal=causal):
         return None
-    try:
-        return ws.flash_attn_fwd_ws(q, k, v, softmax_scale=softmax_scale, causal=causal)
-    except (triton.CompilationError, AttributeError, TypeError) as e:
-        warnings.warn(f"tritium: the Hopper Gluon forward failed to build ({e!r:.200}); using "
-                      "the Triton kernel from now on", RuntimeWarning, stacklevel=3)
-        _WS_MODULE[:] = [None]
-        return None
+    return gluon_call("flash_attn_hopper", ws.flash_attn_fwd_ws, q, k, v,
+                      softmax_scale=softmax_scale, causal=causal)
 
 
 def _interpreting() -> bool:

@@ -27,8 +27,6 @@ lists transposed (per key block, the query blocks that see it): ``BlockMask.tran
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 import triton
 import triton.language as tl
@@ -36,7 +34,6 @@ import triton.language as tl
 from tritium.kernels.flash_attn import (
     _band_ranges,
     _clip,
-    _hopper_ws,
     _interpreting,
     _listed_tile,
     _lse_strides,
@@ -47,6 +44,8 @@ from tritium.kernels.flash_attn import (
     as_batched,
     block_mask_args,
     flat_mask,
+    gluon_call,
+    gluon_module,
     head_dim_padded,
     launch_schedule,
 )
@@ -687,17 +686,15 @@ def flash_attn_bwd(
                do4.stride(1), do4.stride(2)]
 
     band_any = flags["HAS_LEFT"] or flags["HAS_RIGHT"]
-    ws_dkdv = None
+    ws = None
     if (deterministic and not varlen and block_mask is None and window_left is None
             and window_right is None and softcap == 0 and (bottom_right or not causal)
             and not explicit_config and schedule is None):
-        ws_dkdv = _try_hopper_ws_dkdv(q, k, v, dout, lse2, delta, softmax_scale, causal)
-    if ws_dkdv is not None:
-        dk, dv = ws_dkdv
-        if WS_DQ and q.shape[1] % 128 == 0:
-            dq = _WS_BWD[0].flash_attn_dq_ws(q, k, v, dout, lse2, delta,
-                                             softmax_scale=softmax_scale, causal=causal)
-            return dq, dk, dv
+        ws = _try_hopper_ws_bwd(q, k, v, dout, lse2, delta, softmax_scale, causal)
+    if ws is not None:
+        ws_dq, dk, dv = ws
+        if ws_dq is not None:
+            return ws_dq, dk, dv
     else:
         _launch_dkdv(config, deterministic, block_mask, block_mask_t, common, dk4, dv4,
                      acc_args, cu_q, cu_k, dummy, strides, lse_strides, seqlen_q, seqlen_k,
@@ -746,30 +743,22 @@ def _launch_dkdv(config, deterministic, block_mask, block_mask_t, common, dk4, d
         num_warps=w1, num_stages=s1)
 
 
-_WS_BWD: list = []
 WS_DQ = True  # with the Gluon dK/dV kernel, also its dQ kernel (Sq a multiple of 128); probes
 
 
-def _try_hopper_ws_dkdv(q, k, v, dout, lse2, delta, softmax_scale: float, causal: bool):
-    """(dk, dv) from kernels/flash_attn_hopper_bwd.py (warp-specialised Gluon, sm_90) when it
-    takes these dense inputs, else None; the same switches and fallback as the forward's
-    (``TRITIUM_HOPPER_WS=0``, the interpreter, a Triton without Gluon or whose API moved on)."""
-    if _hopper_ws() is None:  # the forward's switches: env var, interpreter, no Gluon
-        return None
-    if not _WS_BWD:
-        try:
-            from tritium.kernels import flash_attn_hopper_bwd
-        except ImportError:
-            flash_attn_hopper_bwd = None
-        _WS_BWD.append(flash_attn_hopper_bwd)
-    ws = _WS_BWD[0]
+def _try_hopper_ws_bwd(q, k, v, dout, lse2, delta, softmax_scale: float, causal: bool):
+    """(dq or None, dk, dv) from kernels/flash_attn_hopper_bwd.py (warp-specialised Gluon,
+    sm_90) when it takes these dense inputs, else None. dq is None where the Triton dQ kernel
+    must run: Sq not a multiple of 128, ``WS_DQ`` off, or the Gluon dQ kernel failed to build."""
+    name = "flash_attn_hopper_bwd"
+    ws = gluon_module(name)
     if ws is None or not ws.supported(q, k, v, dout, causal=causal):
         return None
-    try:
-        return ws.flash_attn_dkdv_ws(q, k, v, dout, lse2, delta, softmax_scale=softmax_scale,
-                                     causal=causal)
-    except (triton.CompilationError, AttributeError, TypeError) as e:
-        warnings.warn(f"tritium: the Hopper Gluon dK/dV kernel failed to build ({e!r:.200}); "
-                      "using the Triton kernel from now on", RuntimeWarning, stacklevel=3)
-        _WS_BWD[:] = [None]
+    kw = dict(softmax_scale=softmax_scale, causal=causal)
+    dkdv = gluon_call(name, ws.flash_attn_dkdv_ws, q, k, v, dout, lse2, delta, **kw)
+    if dkdv is None:
         return None
+    dq = None
+    if WS_DQ and q.shape[1] % 128 == 0:
+        dq = gluon_call(name, ws.flash_attn_dq_ws, q, k, v, dout, lse2, delta, **kw)
+    return (dq, *dkdv)

@@ -307,19 +307,25 @@ def _rows_view_ok(t: torch.Tensor) -> bool:
             and (t.stride(1) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0)
 
 
-def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
-              block_n: int = 128) -> bool:
-    """Whether ``flash_attn_fwd_ws`` takes these batched (B, S, H, D) inputs: an sm_90 device,
-    fp16/bf16, head dim 128, Sq a multiple of 128, Sk of ``block_n``, causal only with
-    Sq <= Sk, rows laid out for TMA (see the module docstring)."""
+def dense_sm90_ok(q: torch.Tensor, k: torch.Tensor, *others: torch.Tensor, causal: bool,
+                  q_tile: int, k_tile: int) -> bool:
+    """What every Gluon attention kernel here needs: batched (B, S, H, D) fp16/bf16 tensors on
+    an sm_90 device, head dim 128, Sq a multiple of ``q_tile`` and Sk of ``k_tile`` (both > 0),
+    causal only with Sq <= Sk, and rows laid out for a 2-D TMA view (``_rows_view_ok``)."""
     if q.device.type != "cuda" or q.dim() != 4 or q.dtype not in (torch.float16, torch.bfloat16):
         return False
     if torch.cuda.get_device_capability(q.device) != (9, 0):
         return False
     Sq, Sk, D = q.shape[1], k.shape[1], q.shape[3]
-    if D != 128 or Sq % 128 or Sk % block_n or Sk == 0 or (causal and Sq > Sk):
+    if D != 128 or Sq % q_tile or Sk % k_tile or Sq == 0 or Sk == 0 or (causal and Sq > Sk):
         return False
-    return all(_rows_view_ok(t) for t in (q, k, v))
+    return all(_rows_view_ok(t) for t in (q, k, *others))
+
+
+def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool,
+              block_n: int = 128) -> bool:
+    """Whether ``flash_attn_fwd_ws`` takes these inputs (``dense_sm90_ok``, 128-row tiles)."""
+    return dense_sm90_ok(q, k, v, causal=causal, q_tile=128, k_tile=block_n)
 
 
 @functools.cache

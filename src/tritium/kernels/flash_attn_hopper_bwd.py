@@ -33,9 +33,9 @@ from tritium.kernels.flash_attn_hopper import (
     LOG2E,
     _desc,
     _load_kv,
-    _rows_view_ok,
     _tile,
     _tma_load,
+    dense_sm90_ok,
 )
 
 
@@ -288,15 +288,9 @@ def _flash_attn_dq_ws_kernel(q_desc, do_desc, k_desc, v_desc, lse2_ptr, delta_pt
 
 def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Tensor, *,
               causal: bool) -> bool:
-    """Whether ``flash_attn_dkdv_ws`` takes these batched (B, S, H, D) inputs."""
-    if q.device.type != "cuda" or q.dim() != 4 or q.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    if torch.cuda.get_device_capability(q.device) != (9, 0):
-        return False
-    Sq, Sk, D = q.shape[1], k.shape[1], q.shape[3]
-    if D != 128 or Sq % 64 or Sk % 128 or Sq == 0 or Sk == 0 or (causal and Sq > Sk):
-        return False
-    return all(_rows_view_ok(t) for t in (q, k, v, dout))
+    """Whether ``flash_attn_dkdv_ws`` takes these inputs (``dense_sm90_ok``: 64-row query
+    tiles, 128-key tiles); ``flash_attn_dq_ws`` also needs Sq a multiple of 128."""
+    return dense_sm90_ok(q, k, v, dout, causal=causal, q_tile=64, k_tile=128)
 
 
 # dK/dV query tile (rows of Q and dO per step) and ring depth. 64 rows: 204-288 B of register
