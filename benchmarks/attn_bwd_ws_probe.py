@@ -4,12 +4,15 @@
     PYTHONPATH=src python benchmarks/attn_bwd_ws_probe.py --out ws_bwd.json
 
 Needs an sm_90 GPU. Times ``kernels.flash_attn_bwd.flash_attn_bwd`` (the backward launcher:
-preprocess, dK/dV, dQ) with the Gluon dK/dV and dQ kernels (``ws``), with the Gluon dK/dV and
-the Triton dQ kernel (``ws_dkdv``), with the Triton kernels (``TRITIUM_HOPPER_WS=0``), and
-cuDNN SDPA's backward (``autograd.grad`` of a retained graph), at D 128, 16k tokens (H 16,
-S 1k / 4k / 16k), bf16, causal and not; FLOPs 2.5x the forward's. Before timing, each Gluon
-child compares dq, dk, dv with the Triton launcher's on shapes with GQA and Sq != Sk. Each
-child runs with a time limit (a deadlock costs one row).
+preprocess, dK/dV, dQ) with the Gluon dK/dV and dQ kernels (``ws``, deterministic), the
+one-kernel Gluon backward that adds dQ by TMA reduce-add (``fused``, deterministic=False;
+``fused_s2`` with a 2-slot ring), the
+Gluon dK/dV with the Triton dQ kernel (``ws_dkdv``), the Gluon dK/dV on 32-row tiles
+(``ws_bm32``), the Triton kernels (``TRITIUM_HOPPER_WS=0``), and cuDNN SDPA's backward
+(``autograd.grad`` of a retained graph), at D 128, 16k tokens (H 16, S 1k / 4k / 16k), bf16,
+causal and not; FLOPs 2.5x the forward's. Before timing, each Gluon child compares dq, dk, dv
+with the deterministic Triton launcher's on shapes with GQA and Sq != Sk (max error relative to
+the largest entry). Each child runs with a time limit (a deadlock costs one row).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import subprocess
 import sys
 
 SEQS = (1024, 4096, 16384)
-KINDS = ("cudnn", "triton", "ws_dkdv", "ws", "ws_bm32")
+KINDS = ("cudnn", "triton", "ws", "fused", "fused_s2")
 TOKENS, H, D = 16384, 16, 128
 
 
@@ -43,22 +46,27 @@ def child(kind: str, causal: bool) -> dict:
     from tritium.kernels.flash_attn_bwd import flash_attn_bwd
     scale = D ** -0.5
     bwd_mod.WS_DQ = kind != "ws_dkdv"  # "ws_dkdv": Gluon dK/dV with the Triton dQ kernel
+    if kind == "fused_s2":  # the fused kernel with a 2-slot Q/dO ring (3 is the default)
+        from tritium.kernels import flash_attn_hopper_bwd_fused
+        flash_attn_hopper_bwd_fused.STAGES = 2
     if kind == "ws_bm32":  # dK/dV on 32-row query tiles (no register spills), 6 slots
         from tritium.kernels import flash_attn_hopper_bwd
         flash_attn_hopper_bwd.DKDV_TILE = (32, 6)
     res = {"variant": f"{kind}_causal{int(causal)}", "tflops": {}, "checks": []}
 
-    def bwd(q, k, v, do, o, lse):
-        return flash_attn_bwd(do, q, k, v, o, lse, softmax_scale=scale, causal=causal,
-                              deterministic=True)
+    atomic = kind.startswith("fused")  # the one-kernel backward: deterministic=False
 
-    if kind.startswith("ws"):
+    def bwd(q, k, v, do, o, lse, deterministic=not atomic):
+        return flash_attn_bwd(do, q, k, v, o, lse, softmax_scale=scale, causal=causal,
+                              deterministic=deterministic)
+
+    if kind.startswith(("ws", "fused")):
         for B, Sq, Sk, Hq, Hk in [(2, 512, 1024, 8, 2), (1, 1024, 1024, 16, 16),
                                   (1, 384, 640, 9, 3)]:
             q, k, v, do = _inputs(B, Sq, Sk, Hq, Hk)
             os.environ["TRITIUM_HOPPER_WS"] = "0"
             o, lse = flash_attn_fwd(q, k, v, softmax_scale=scale, causal=causal)
-            ref = bwd(q, k, v, do, o, lse)
+            ref = bwd(q, k, v, do, o, lse, deterministic=True)
             os.environ["TRITIUM_HOPPER_WS"] = "1"
             got = bwd(q, k, v, do, o, lse)
             torch.cuda.synchronize()
@@ -66,7 +74,7 @@ def child(kind: str, causal: bool) -> dict:
                 n: (a.float() - b.float()).abs().max().item() / max(b.float().abs().max().item(),
                                                                    1e-6)
                 for n, a, b in zip(("dq", "dk", "dv"), got, ref)}})
-    os.environ["TRITIUM_HOPPER_WS"] = "1" if kind.startswith("ws") else "0"
+    os.environ["TRITIUM_HOPPER_WS"] = "0" if kind in ("cudnn", "triton") else "1"
     for S in SEQS:
         B = TOKENS // S
         q, k, v, do = _inputs(B, S, S, H, H)

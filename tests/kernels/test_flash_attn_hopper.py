@@ -1,5 +1,6 @@
 """The Hopper warp-specialised kernels (kernels/flash_attn_hopper.py: forward;
-kernels/flash_attn_hopper_bwd.py: dK/dV) on a machine without a GPU.
+kernels/flash_attn_hopper_bwd.py: dK/dV and dQ; kernels/flash_attn_hopper_bwd_fused.py: the
+one-kernel backward) on a machine without a GPU.
 
 Gluon has no interpreter, so their numbers are checked on a lent H100 (benchmarks/
 flash_attn_quick.py --check-only: forward and gradients against the fp32 reference;
@@ -53,6 +54,19 @@ for kernel, causal in (("dkdv", False), ("dkdv", True), ("dq", True)):
                                    ptx))),
         tma="cp.async.bulk.tensor.2d" in ptx, mbarrier_wait="mbarrier.try_wait.parity" in ptx,
         num_warps=k.metadata.num_warps, shared=k.metadata.shared)
+from tritium.kernels.flash_attn_hopper_bwd_fused import compile_for_sm90 as compile_fused
+for causal in (False, True):
+    k = compile_fused("bf16", causal)
+    ptx = k.asm["ptx"]
+    out[f"fused-{causal}"] = dict(
+        # S^T, dP^T 64 x 64; dV, dK 64 x 128; dQ 64 queries x 64 of its columns
+        wgmma="wgmma.mma_async.sync.aligned.m64n128k16" in ptx
+        and "wgmma.mma_async.sync.aligned.m64n64k16" in ptx,
+        reduce_add="cp.reduce.async.bulk.tensor.2d.global.shared::cta.add" in ptx,
+        regs=sorted(set(re.findall(r"setmaxnreg[.](?:inc|dec)[.]sync[.]aligned[.]u32[ \\t]+(\\d+);",
+                                   ptx))),
+        tma="cp.async.bulk.tensor.2d" in ptx, mbarrier_wait="mbarrier.try_wait.parity" in ptx,
+        num_warps=k.metadata.num_warps, shared=k.metadata.shared)
 print("RESULT " + json.dumps(out))
 """
 
@@ -67,12 +81,14 @@ def test_builds_warp_specialised_for_sm90():
     assert line, p.stderr[-3000:]
     builds = json.loads(line[0][len("RESULT "):])
     assert set(builds) == {"bf16-False-False", "bf16-True-True", "fp16-True-False",
-                           "dkdv-False", "dkdv-True", "dq-True"}
+                           "dkdv-False", "dkdv-True", "dq-True", "fused-False", "fused-True"}
     for name, b in builds.items():
         # 64 rows x 128 keys x 128 dims per warpgroup: S = Q K^T and O += P V, both wgmma.
         assert b["wgmma"], name
         if "wait1" in b:  # the forward's intra-warpgroup overlap: S(j) waited for alone
             assert b["wait1"], name
+        if "reduce_add" in b:  # the fused backward adds dQ into global memory by TMA
+            assert b["reduce_add"], name
         # Partitions with their own register budgets: 240 for the second consumer and 24 for
         # the loader (worker_num_regs=[240, 24]); TMA copies and mbarrier waits.
         assert {"240", "24"} <= set(b["regs"]), (name, b["regs"])
@@ -223,3 +239,61 @@ def test_backward_dispatch(monkeypatch):
     assert calls[-2:] == ["dkdv", "dq"]
     assert bwd(q, k, k, q, lse, lse, 0.1, True) is None
     assert len(calls) == 5  # switched off after the failure: no further attempt
+
+
+def test_fused_backward_dispatch(monkeypatch):
+    """flash_attn_bwd with deterministic None (the API's False) or False sends inputs the
+    fused Gluon module takes to it, with a zeroed fp32 dQ buffer it adds dQ / scale into, and
+    converts that; deterministic=True never goes there; a build failure falls back to the
+    Triton atomic kernel. The fake module computes the true gradients with the reference, and
+    the Triton kernels run under the interpreter, so every path is checked for numbers."""
+    from tritium.kernels import flash_attn_bwd as fb
+    from tritium.ops.attention_reference import attention_reference_bwd
+
+    calls: list = []
+
+    class Fused:
+        fails = False
+
+        @staticmethod
+        def supported(q, k, v, dout, *, causal):
+            return q.shape[1] % 8 == 0
+
+        @classmethod
+        def flash_attn_bwd_fused_ws(cls, q, k, v, dout, lse2, delta, dq_acc, *, softmax_scale,
+                                    causal):
+            calls.append(float(dq_acc.abs().max()))  # must arrive zeroed
+            if cls.fails:
+                raise AttributeError("module 'tma' has no attribute 'async_atomic_add'")
+            dq, dk, dv = attention_reference_bwd(dout, q, k, v, causal, softmax_scale)
+            dq_acc += dq.float() / softmax_scale
+            return dk, dv
+
+    modules = {"flash_attn_hopper_bwd_fused": Fused, "flash_attn_hopper_bwd": None}
+    monkeypatch.setattr(fb, "gluon_module", lambda name: modules.get(name))
+    torch.manual_seed(0)
+    q, k, v, dout = (torch.randn(1, 16, h, 32, dtype=torch.float16) for h in (4, 2, 2, 4))
+    out, lse = fa.flash_attn_fwd(q, k, v, softmax_scale=0.3, causal=True)
+    want = attention_reference_bwd(dout, q, k, v, True, 0.3)
+
+    def run(**kw):
+        got = fb.flash_attn_bwd(dout, q, k, v, out, lse, softmax_scale=0.3, causal=True, **kw)
+        for g, w in zip(got, want):
+            # fp16 gradients: the kernels' BWD_TOL (tests/kernels/flash_attn_helpers.py)
+            torch.testing.assert_close(g.float(), w.float(), atol=1e-2, rtol=1e-2)
+
+    run(deterministic=None)
+    run(deterministic=False)
+    assert calls == [0.0, 0.0]
+    run(deterministic=True)  # the deterministic kernels
+    run(deterministic=None, window_left=64)  # not a plain call: the Triton kernels
+    assert len(calls) == 2
+    monkeypatch.setattr(fb, "WS_FUSED", False)
+    run(deterministic=None)
+    assert len(calls) == 2
+    monkeypatch.setattr(fb, "WS_FUSED", True)
+    Fused.fails = True
+    monkeypatch.setattr(fa, "_GLUON", {})
+    with pytest.warns(RuntimeWarning, match="failed to build"):
+        run(deterministic=False)  # falls back to the Triton atomic kernel, same numbers
+    assert len(calls) == 3

@@ -304,18 +304,24 @@ def test_compile_runs_kernels_under_interpreter(interpret):
 
 @pytest.mark.parametrize("atomic_default", [False, True])
 def test_deterministic_reaches_the_backward_kernel(interpret, monkeypatch, atomic_default):
-    """flash_attn_func / varlen pass ``deterministic`` to the backward launcher; sdpa and the
-    default take the atomic path only when ATOMIC_DQ_DEFAULT allows it (it is off: the
-    deterministic kernels measured faster)."""
+    """flash_attn_func / varlen pass ``deterministic=True`` to the backward launcher as True and
+    False (the default, also sdpa's) as None, "the faster path"; off the Gluon kernels' inputs
+    (here: the interpreter) that is the atomic Triton kernel only when ATOMIC_DQ_DEFAULT
+    allows it (it is off: the deterministic kernels measured faster)."""
     import tritium.kernels.flash_attn_bwd as bwd_kernels
 
-    seen, real = [], bwd_kernels.flash_attn_bwd
+    seen, ran, real, real_dkdv = [], [], bwd_kernels.flash_attn_bwd, bwd_kernels._launch_dkdv
 
     def spy(*a, **k):
         seen.append(k["deterministic"])
         return real(*a, **k)
 
+    def spy_dkdv(config, deterministic, *a):
+        ran.append(deterministic)
+        return real_dkdv(config, deterministic, *a)
+
     monkeypatch.setattr(bwd_kernels, "flash_attn_bwd", spy)
+    monkeypatch.setattr(bwd_kernels, "_launch_dkdv", spy_dkdv)
     monkeypatch.setattr(bwd_kernels, "ATOMIC_DQ_DEFAULT", atomic_default)
     q, k, v = qkv(Sq=5, Sk=7, dtype=torch.float16, grad=True)
     for det in (None, True, False):
@@ -326,7 +332,8 @@ def test_deterministic_reaches_the_backward_kernel(interpret, monkeypatch, atomi
                                    deterministic=True).float().sum().backward()
     tritium.sdpa(*(t.transpose(1, 2) for t in (q, k, v)),
                  enable_gqa=True).float().sum().backward()
-    assert seen == [False, True, False, True, False] if atomic_default else [True] * 5
+    assert seen == [None, True, None, True, None]
+    assert ran == ([False, True, False, True, False] if atomic_default else [True] * 5)
 
 
 def test_block_mask_transpose_built_once(monkeypatch):

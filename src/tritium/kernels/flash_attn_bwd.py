@@ -624,7 +624,7 @@ def flash_attn_bwd(
     softcap: float = 0.0, bottom_right: bool = True,
     cu_seqlens_q: torch.Tensor | None = None, cu_seqlens_k: torch.Tensor | None = None,
     max_seqlen_q: int | None = None, max_seqlen_k: int | None = None, block_mask=None,
-    block_mask_t=None, deterministic: bool = False, config: tuple | None = None,
+    block_mask_t=None, deterministic: bool | None = False, config: tuple | None = None,
     schedule: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients (dq, dk, dv) of ``flash_attn_fwd``: shapes and layouts as q, k, v.
@@ -635,7 +635,11 @@ def flash_attn_bwd(
     ops/attention_reference.py, cached on a BlockMask).
     ``deterministic=False`` (default): one dK/dV kernel that also adds dQ into an fp32 buffer
     (B, Sq, Hq, D) by atomics (5 tile matmuls per tile pair; dQ's last bits may vary run to
-    run); True: separate dK/dV and dQ kernels, bit-reproducible (7 matmuls). ``config``
+    run); True: separate dK/dV and dQ kernels, bit-reproducible (7 matmuls); None (the public
+    API's ``deterministic=False``): whichever measured faster, i.e. the Gluon kernel that adds
+    dQ by TMA reduce-add where it takes the inputs (``WS_FUSED``), else per
+    ``ATOMIC_DQ_DEFAULT``. Dense head-dim-128 inputs on an sm_90 GPU run the warp-specialised
+    Gluon kernels (kernels/flash_attn_hopper_bwd*.py) on either path. ``config``
     overrides the tiles (see ``bwd_config`` for its form per path; used by the sweeps);
     ``schedule`` the program order (``launch_schedule`` in kernels/flash_attn.py).
     """
@@ -652,6 +656,14 @@ def flash_attn_bwd(
     if dlse is not None and dlse.stride() != lse.stride():
         raise ValueError("dlse must have the layout (strides) of lse")
     explicit_config = config is not None
+    plain = (not varlen and block_mask is None and window_left is None and window_right is None
+             and softcap == 0 and (bottom_right or not causal) and not explicit_config
+             and schedule is None)  # what the Gluon kernels take, shapes and layouts aside
+    fused = None
+    if deterministic is not True and plain and WS_FUSED:
+        fused = _hopper_ws_bwd_module("flash_attn_hopper_bwd_fused", q, k, v, dout, causal)
+    if deterministic is None:
+        deterministic = fused is None and not ATOMIC_DQ_DEFAULT
     if config is not None:
         _check_config(config, deterministic)
     config = config or bwd_config(D, _interpreting(), deterministic)
@@ -687,15 +699,17 @@ def flash_attn_bwd(
 
     band_any = flags["HAS_LEFT"] or flags["HAS_RIGHT"]
     ws = None
-    if (deterministic and not varlen and block_mask is None and window_left is None
-            and window_right is None and softcap == 0 and (bottom_right or not causal)
-            and not explicit_config and schedule is None):
+    if fused is not None and dq_acc.is_contiguous():
+        ws = gluon_call("flash_attn_hopper_bwd_fused", fused.flash_attn_bwd_fused_ws, q, k, v,
+                        dout, lse2, delta, dq_acc, softmax_scale=softmax_scale, causal=causal)
+        ws = (None, *ws) if ws is not None else None  # dQ is in dq_acc, converted below
+    elif deterministic and plain:
         ws = _try_hopper_ws_bwd(q, k, v, dout, lse2, delta, softmax_scale, causal)
     if ws is not None:
         ws_dq, dk, dv = ws
         if ws_dq is not None:
             return ws_dq, dk, dv
-    else:
+    else:  # (the Triton kernel; when not deterministic it adds dQ into dq_acc)
         _launch_dkdv(config, deterministic, block_mask, block_mask_t, common, dk4, dv4,
                      acc_args, cu_q, cu_k, dummy, strides, lse_strides, seqlen_q, seqlen_k,
                      Hk, Hq, batch, band, flags, band_any, varlen, schedule, q.device)
@@ -744,6 +758,14 @@ def _launch_dkdv(config, deterministic, block_mask, block_mask_t, common, dk4, d
 
 
 WS_DQ = True  # with the Gluon dK/dV kernel, also its dQ kernel (Sq a multiple of 128); probes
+WS_FUSED = True  # deterministic=False/None: the one-kernel Gluon backward (dQ by TMA reduce-add)
+
+
+def _hopper_ws_bwd_module(name: str, q, k, v, dout, causal: bool):
+    """Gluon module ``name`` (a warp-specialised sm_90 backward) if on and it takes these
+    dense inputs (its ``supported``), else None."""
+    ws = gluon_module(name)
+    return ws if ws is not None and ws.supported(q, k, v, dout, causal=causal) else None
 
 
 def _try_hopper_ws_bwd(q, k, v, dout, lse2, delta, softmax_scale: float, causal: bool):
@@ -751,8 +773,8 @@ def _try_hopper_ws_bwd(q, k, v, dout, lse2, delta, softmax_scale: float, causal:
     sm_90) when it takes these dense inputs, else None. dq is None where the Triton dQ kernel
     must run: Sq not a multiple of 128, ``WS_DQ`` off, or the Gluon dQ kernel failed to build."""
     name = "flash_attn_hopper_bwd"
-    ws = gluon_module(name)
-    if ws is None or not ws.supported(q, k, v, dout, causal=causal):
+    ws = _hopper_ws_bwd_module(name, q, k, v, dout, causal)
+    if ws is None:
         return None
     kw = dict(softmax_scale=softmax_scale, causal=causal)
     dkdv = gluon_call(name, ws.flash_attn_dkdv_ws, q, k, v, dout, lse2, delta, **kw)

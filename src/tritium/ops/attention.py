@@ -6,10 +6,12 @@
 - ``sdpa(query, key, value, ...)``: ``F.scaled_dot_product_attention``'s (B, H, S, D) layout
   and arguments (causal top-left, as SDPA; flash-attn's causal is bottom-right).
 
-Backward: separate dK/dV and dQ kernels (7 tile matmuls per tile pair, no atomics,
-bit-reproducible), whatever ``deterministic`` says: on an H100 they measured faster than the
-5-matmul kernel that adds dQ with fp32 atomics (kernels/flash_attn_bwd.py,
-``ATOMIC_DQ_DEFAULT``; setting it True makes ``deterministic=False`` take the atomic path).
+Backward: ``deterministic=True`` runs separate dK/dV and dQ kernels (7 tile matmuls per tile
+pair, no atomics, bit-reproducible). ``deterministic=False`` (default) lets the launcher pick
+what measured faster on an H100: for dense head-dim-128 inputs on sm_90, the one Gluon kernel
+that adds dQ into an fp32 buffer by TMA reduce-add (5 matmuls; dQ's last bits may vary run to
+run); elsewhere the same deterministic kernels, since the Triton 5-matmul kernel with fp32
+atomics measured slower (kernels/flash_attn_bwd.py, ``WS_FUSED``, ``ATOMIC_DQ_DEFAULT``).
 
 Under ``torch.compile`` all three go through two ``torch.library`` custom ops,
 ``tritium::flash_attn_fwd`` and ``tritium::flash_attn_bwd``, with fake (meta) kernels and
@@ -138,7 +140,7 @@ def _bwd_impl(
             bottom_right=bottom_right, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
             max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, block_mask=bm,
             block_mask_t=_unpack_mask_t(mask, bm) if bm is not None else None,
-            deterministic=deterministic or not bwd_kernels.ATOMIC_DQ_DEFAULT)
+            deterministic=True if deterministic else None)
     kw = dict(window_size=(window_left, window_right), softcap=softcap, dlse=dlse)
     if varlen:
         grads = attention_varlen_reference_bwd(dout, q, k, v, cu_seqlens_q, cu_seqlens_k,
@@ -248,8 +250,8 @@ def flash_attn_func(
     the rest.
     dropout_p must be 0 (no dropout). Differentiable in q, k, v and through lse.
     deterministic: True guarantees bit-reproducible gradients (flash-attn's flag). False allows
-    the atomic-dQ kernel, but the default backward is already deterministic (it measured
-    faster on an H100; see the module docstring).
+    a backward whose dQ is summed by atomics, taken where it measured faster (on an H100 at
+    head dim 128; see the module docstring); elsewhere the backward is deterministic anyway.
     """
     check_flags(causal=causal, dropout_p=dropout_p, softcap=softcap, return_lse=return_lse,
                 deterministic=deterministic)
