@@ -28,6 +28,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma,
     warpgroup_mma_wait,
 )
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from tritium.kernels.flash_attn_hopper import (
     LOG2E,
@@ -40,10 +41,13 @@ from tritium.kernels.flash_attn_hopper import (
 
 
 @gluon.jit
-def _bwd_loader(q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
-                qdo_ready, qdo_empty, seqlen_q, seqlen_k, num_kv_heads, group, first_q_tile,
-                n_q_tiles, BLOCK_M: gl.constexpr, STAGES: gl.constexpr):
-    """This program's K, V (two 64-key halves) once, then Q, dO tile j of every query head."""
+def _bwd_loader(q_desc, k_desc, v_desc, do_desc, lse_desc, dl_desc, q_smem, do_smem, k_smem,
+                v_smem, lse_smem, dl_smem, kv_bar, qdo_ready, qdo_empty, seqlen_q, seqlen_k,
+                num_kv_heads, group, first_q_tile, n_q_tiles, BLOCK_M: gl.constexpr,
+                STAGES: gl.constexpr):
+    """This program's K, V (two 64-key halves) once, then Q, dO tile j of every query head,
+    with that tile's lse2 and Δ (read by the consumers from shared memory just before use:
+    held in registers across the iteration they cost 32 of them per thread, and spills)."""
     D: gl.constexpr = q_smem.shape[2]
     bhk = gl.program_id(1)
     b = bhk // num_kv_heads
@@ -62,16 +66,20 @@ def _bwd_loader(q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem
             s = it % STAGES
             mbarrier.wait(qdo_empty.index(s), ((it // STAGES) & 1) ^ 1)
             mbarrier.expect(qdo_ready.index(s),
-                            q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+                            q_desc.block_type.nbytes + do_desc.block_type.nbytes
+                            + lse_desc.block_type.nbytes + dl_desc.block_type.nbytes)
             row = b * seqlen_q + j * BLOCK_M
             _tma_load(q_desc, [row, col], qdo_ready.index(s), q_smem.index(s))
             _tma_load(do_desc, [row, col], qdo_ready.index(s), do_smem.index(s))
+            stat = ((b * num_kv_heads + hk) * group + g) * seqlen_q + j * BLOCK_M
+            _tma_load(lse_desc, [stat], qdo_ready.index(s), lse_smem.index(s))
+            _tma_load(dl_desc, [stat], qdo_ready.index(s), dl_smem.index(s))
             it += 1
 
 
 @gluon.jit
-def _bwd_consumer(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready,
-                  qdo_empty, lse2_ptr, delta_ptr, dk_ptr, dv_ptr, seqlen_q, seqlen_k,
+def _bwd_consumer(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, lse_smem, dl_smem, kv_bar,
+                  qdo_ready, qdo_empty, dk_ptr, dv_ptr, seqlen_q, seqlen_k,
                   num_kv_heads, group, first_q_tile, n_q_tiles, qk_scale, softmax_scale,
                   BLOCK_M: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr):
     """Consumer warpgroup ``WG``: keys [n0 + 64 WG, + 64) of this program's key tile."""
@@ -96,22 +104,20 @@ def _bwd_consumer(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo
     keys = n_first + gl.arange(0, 64, layout=gl.SliceLayout(1, s_layout))
     mbarrier.wait(kv_bar, 0)
     it = 0
-    for g in range(group):
-        bh = b * num_kv_heads * group + hk * group + g
+    for _g in range(group):  # every query head of the GQA group, in the loader's order
         for j in range(first_q_tile, n_q_tiles):
             s = it % STAGES
             m0 = j * BLOCK_M
-            cols = m0 + gl.arange(0, BLOCK_M, layout=col_layout)
-            lse2 = gl.load(lse2_ptr + bh.to(gl.int64) * seqlen_q + cols)
-            delta = gl.load(delta_ptr + bh.to(gl.int64) * seqlen_q + cols)
             mbarrier.wait(qdo_ready.index(s), (it // STAGES) & 1)
             q_t = q_smem.index(s)
             do_t = do_smem.index(s)
             st = warpgroup_mma(k_t, q_t.permute((1, 0)), zero_s, use_acc=False, is_async=True)
             st = warpgroup_mma_wait(num_outstanding=0, deps=(st,))
+            lse2 = lse_smem.index(s).load(col_layout)
             pt = gl.exp2(st * qk_scale - gl.expand_dims(lse2, 0))
             if CAUSAL:
                 if m0 + shift < n_first + 64:  # this tile crosses the diagonal
+                    cols = m0 + gl.arange(0, BLOCK_M, layout=col_layout)
                     ok = gl.expand_dims(keys, 1) <= gl.expand_dims(cols, 0) + shift
                     pt = gl.where(ok, pt, 0.0)
             dv = warpgroup_mma(gl.convert_layout(pt.to(dtype), a_layout), do_t, dv,
@@ -119,6 +125,7 @@ def _bwd_consumer(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo
             dpt = warpgroup_mma(v_t, do_t.permute((1, 0)), zero_s, use_acc=False,
                                 is_async=True)
             dpt = warpgroup_mma_wait(num_outstanding=0, deps=(dpt,))
+            delta = dl_smem.index(s).load(col_layout)
             dst = pt * (dpt - gl.expand_dims(delta, 0))
             dk = warpgroup_mma(gl.convert_layout(dst.to(dtype), a_layout), q_t, dk,
                                is_async=True)
@@ -135,7 +142,7 @@ def _bwd_consumer(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo
 
 
 @gluon.jit
-def _flash_attn_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, lse2_ptr, delta_ptr, dk_ptr,
+def _flash_attn_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, lse_desc, dl_desc, dk_ptr,
                                dv_ptr, seqlen_q, seqlen_k, num_kv_heads, group, qk_scale,
                                softmax_scale, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
                                STAGES: gl.constexpr, CAUSAL: gl.constexpr):
@@ -148,6 +155,8 @@ def _flash_attn_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, lse2_ptr, delta_
                                         do_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [2, 64, HEAD_DIM], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [2, 64, HEAD_DIM], v_desc.layout)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], lse_desc.layout)
+    dl_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], dl_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     qdo_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     qdo_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -156,17 +165,18 @@ def _flash_attn_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, lse2_ptr, delta_
         mbarrier.init(qdo_ready.index(i), count=1)
         mbarrier.init(qdo_empty.index(i), count=2)
     gl.warp_specialize(
-        [(_bwd_consumer, (0, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_empty,
-                          lse2_ptr, delta_ptr, dk_ptr, dv_ptr, seqlen_q, seqlen_k, num_kv_heads,
-                          group, first_q_tile, n_q_tiles, qk_scale, softmax_scale, BLOCK_M,
-                          STAGES, CAUSAL)),
-         (_bwd_consumer, (1, q_smem, do_smem, k_smem, v_smem, kv_bar, qdo_ready, qdo_empty,
-                          lse2_ptr, delta_ptr, dk_ptr, dv_ptr, seqlen_q, seqlen_k, num_kv_heads,
-                          group, first_q_tile, n_q_tiles, qk_scale, softmax_scale, BLOCK_M,
-                          STAGES, CAUSAL)),
-         (_bwd_loader, (q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, k_smem, v_smem, kv_bar,
-                        qdo_ready, qdo_empty, seqlen_q, seqlen_k, num_kv_heads, group,
-                        first_q_tile, n_q_tiles, BLOCK_M, STAGES))],
+        [(_bwd_consumer, (0, q_smem, do_smem, k_smem, v_smem, lse_smem, dl_smem, kv_bar,
+                          qdo_ready, qdo_empty, dk_ptr, dv_ptr, seqlen_q, seqlen_k,
+                          num_kv_heads, group, first_q_tile, n_q_tiles, qk_scale, softmax_scale,
+                          BLOCK_M, STAGES, CAUSAL)),
+         (_bwd_consumer, (1, q_smem, do_smem, k_smem, v_smem, lse_smem, dl_smem, kv_bar,
+                          qdo_ready, qdo_empty, dk_ptr, dv_ptr, seqlen_q, seqlen_k,
+                          num_kv_heads, group, first_q_tile, n_q_tiles, qk_scale, softmax_scale,
+                          BLOCK_M, STAGES, CAUSAL)),
+         (_bwd_loader, (q_desc, k_desc, v_desc, do_desc, lse_desc, dl_desc, q_smem, do_smem,
+                        k_smem, v_smem, lse_smem, dl_smem, kv_bar, qdo_ready, qdo_empty,
+                        seqlen_q, seqlen_k, num_kv_heads, group, first_q_tile, n_q_tiles,
+                        BLOCK_M, STAGES))],
         worker_num_warps=[4, 1],
         worker_num_regs=[240, 24],
     )
@@ -293,6 +303,15 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dout: torch.Ten
     return dense_sm90_ok(q, k, v, dout, causal=causal, q_tile=64, k_tile=128)
 
 
+_STATS_LAYOUT = gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
+
+
+def _stats_desc(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """1-D TMA view of a per-row fp32 statistic (lse2 or Δ, (B, Hq, Sq)), ``rows`` per copy."""
+    t = t.contiguous()
+    return TensorDescriptor(t, [t.numel()], [1], [rows], _STATS_LAYOUT)
+
+
 # dK/dV query tile (rows of Q and dO per step) and ring depth. 64 rows: 204-288 B of register
 # spills per consumer (ptxas, sm_90a, Triton 3.6); 32 rows: none, at half the wgmma N for Sᵀ
 # and dPᵀ. The probe (benchmarks/attn_bwd_ws_probe.py) times both.
@@ -313,7 +332,8 @@ def flash_attn_dkdv_ws(q, k, v, dout, lse2, delta, *, softmax_scale: float,
     block_m, stages = tile or DKDV_TILE
     _flash_attn_dkdv_ws_kernel[(Sk // 128, B * Hk)](
         _desc(q, block_m, gl_dtype), _desc(k, 64, gl_dtype), _desc(v, 64, gl_dtype),
-        _desc(dout, block_m, gl_dtype), lse2, delta, dk, dv, Sq, Sk, Hk, Hq // Hk,
+        _desc(dout, block_m, gl_dtype), _stats_desc(lse2, block_m), _stats_desc(delta, block_m),
+        dk, dv, Sq, Sk, Hk, Hq // Hk,
         softmax_scale * LOG2E, softmax_scale, BLOCK_M=block_m, HEAD_DIM=D, STAGES=stages,
         CAUSAL=causal, num_warps=4,
     )
@@ -337,6 +357,9 @@ def flash_attn_dq_ws(q, k, v, dout, lse2, delta, *, softmax_scale: float, causal
     return dq
 
 
+STATS_DESC = f"tensordesc<fp32[64],{_STATS_LAYOUT!r}>"  # _stats_desc's type, for builds
+
+
 def compile_for_sm90(dtype: str = "bf16", causal: bool = False, kernel: str = "dkdv"):
     """Build ``kernel`` ("dkdv" or "dq", default tiles) for an H100 without one (see
     flash_attn_hopper.compile_for_sm90)."""
@@ -352,8 +375,9 @@ def compile_for_sm90(dtype: str = "bf16", causal: bool = False, kernel: str = "d
     if kernel == "dkdv":
         fn = _flash_attn_dkdv_ws_kernel
         types = {"q_desc": desc(64), "k_desc": desc(64), "v_desc": desc(64),
-                 "do_desc": desc(64), "dk_ptr": f"*{dtype}", "dv_ptr": f"*{dtype}",
-                 "num_kv_heads": "i32", "BLOCK_M": 64, "STAGES": 4}
+                 "do_desc": desc(64), "lse_desc": STATS_DESC, "dl_desc": STATS_DESC,
+                 "dk_ptr": f"*{dtype}", "dv_ptr": f"*{dtype}", "num_kv_heads": "i32",
+                 "BLOCK_M": 64, "STAGES": 4}
     else:
         fn = _flash_attn_dq_ws_kernel
         types = {"q_desc": desc(64), "do_desc": desc(64), "k_desc": desc(128),
