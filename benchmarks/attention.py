@@ -16,10 +16,11 @@ least as fast as varlen), and a sliding window. Every tritium case is checked ag
 before it is timed (a wrong result is reported, not timed). Each peer runs in try/except: a
 failing or missing peer is recorded in the JSON, not fatal.
 
-tritium rows use the default backward (``deterministic=False``: today the same deterministic
-kernels, since the atomic-dQ path measured slower; ``ATOMIC_DQ_DEFAULT`` in
-kernels/flash_attn_bwd.py); each has a ``<name>-det`` row with ``deterministic=True``, checked
-and timed in backward only (``--no-deterministic`` skips them: identical kernels today).
+tritium rows use the default backward (``deterministic=False``: on an H100 at head dim 128 the
+one-kernel Gluon backward that adds dQ by TMA reduce-add, elsewhere the deterministic kernels,
+since the Triton atomic-dQ path measured slower; kernels/flash_attn_bwd.py); each has a
+``<name>-det`` row with ``deterministic=True``, checked and timed in backward only
+(``--no-deterministic`` skips them).
 Backward times replay one forward's graph (``retain_graph=True``); compiled FlexAttention then
 needs AOTAutograd's donated buffers off (``torch._functorch.config.donated_buffer = False``, set
 in ``main`` when FlexAttention is compiled), which changes its memory reuse, not its kernels.

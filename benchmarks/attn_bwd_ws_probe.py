@@ -6,7 +6,7 @@
 Needs an sm_90 GPU. Times ``kernels.flash_attn_bwd.flash_attn_bwd`` (the backward launcher:
 preprocess, dK/dV, dQ) with the Gluon dK/dV and dQ kernels (``ws``, deterministic), the
 one-kernel Gluon backward that adds dQ by TMA reduce-add (``fused``, deterministic=False;
-``fused_s2`` with a 2-slot ring), the
+``fused_s3`` with a 3-slot ring), the
 Gluon dK/dV with the Triton dQ kernel (``ws_dkdv``), the Gluon dK/dV on 32-row tiles
 (``ws_bm32``), the Triton kernels (``TRITIUM_HOPPER_WS=0``), and cuDNN SDPA's backward
 (``autograd.grad`` of a retained graph), at D 128, 16k tokens (H 16, S 1k / 4k / 16k), bf16,
@@ -25,7 +25,7 @@ import subprocess
 import sys
 
 SEQS = (1024, 4096, 16384)
-KINDS = ("cudnn", "triton", "ws", "fused", "fused_s2")
+KINDS = ("cudnn", "triton", "ws", "fused", "fused_s3")
 TOKENS, H, D = 16384, 16, 128
 
 
@@ -46,9 +46,9 @@ def child(kind: str, causal: bool) -> dict:
     from tritium.kernels.flash_attn_bwd import flash_attn_bwd
     scale = D ** -0.5
     bwd_mod.WS_DQ = kind != "ws_dkdv"  # "ws_dkdv": Gluon dK/dV with the Triton dQ kernel
-    if kind == "fused_s2":  # the fused kernel with a 2-slot Q/dO ring (3 is the default)
+    if kind == "fused_s3":  # the fused kernel with a 3-slot Q/dO ring (2 is the default)
         from tritium.kernels import flash_attn_hopper_bwd_fused
-        flash_attn_hopper_bwd_fused.STAGES = 2
+        flash_attn_hopper_bwd_fused.STAGES = 3
     if kind == "ws_bm32":  # dK/dV on 32-row query tiles (no register spills), 6 slots
         from tritium.kernels import flash_attn_hopper_bwd
         flash_attn_hopper_bwd.DKDV_TILE = (32, 6)

@@ -21,10 +21,10 @@ memory), stages it in shared memory and hands it to the TMA unit, which adds it 
 both consumers have read a buffer). dQ comes out unscaled; the caller multiplies by the softmax
 scale while converting (kernels/flash_attn_bwd.py).
 
-Scope as the dK/dV kernel's (``supported`` there). Shared memory at the default 3 ring slots:
-96 KiB Q/dO (and 1.5 KiB of their rows' lse2 and Δ), 64 KiB K/V, 32 KiB dSᵀ, 32 KiB dQ
-staging. The TMA reduce-add is ``tma.async_atomic_add`` in Triton 3.9; 3.6 has the IR
-operation but no Gluon wrapper, so ``_tma_reduce_add`` builds it directly there.
+Scope as the dK/dV kernel's (``supported`` there). Shared memory at the default 2 ring slots:
+64 KiB Q/dO (and 1 KiB of their rows' lse2 and Δ), 64 KiB K/V, 32 KiB dSᵀ, 32 KiB dQ staging.
+The TMA reduce-add is ``tma.async_atomic_add`` in Triton 3.9; 3.6 has the IR operation but no
+Gluon wrapper, so ``_tma_reduce_add`` builds it directly there.
 """
 
 from __future__ import annotations
@@ -235,7 +235,11 @@ def _flash_attn_bwd_fused_ws_kernel(q_desc, k_desc, v_desc, do_desc, lse_desc, d
     )
 
 
-STAGES = 3  # Q/dO ring slots (3 fill 224 KiB of the 227 KiB an sm_90 program may have)
+# Q/dO ring slots. H100, 2026-11-24 (benchmarks/attn_bwd_ws_probe.py, D 128, 16k tokens, S 1k /
+# 4k / 16k, TFLOP/s): 2 slots 390 / 513 / 555 full, 266 / 439 / 514 causal; 3 slots 382 / 509 /
+# 540 and 232 / 366 / 423. Three fill 226 KiB of shared memory, which leaves the SM's L1 (the
+# same 256 KiB) ~25 KiB for the register spills and the dK/dV stores; a guess, not profiled.
+STAGES = 2
 
 
 def _dq_desc(dq_acc: torch.Tensor) -> TensorDescriptor:
