@@ -78,6 +78,51 @@ def _bwd_loader(q_desc, k_desc, v_desc, do_desc, lse_desc, dl_desc, q_smem, do_s
 
 
 @gluon.jit
+def _first_q_tile(seqlen_q, seqlen_k, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr):
+    """The first query tile this program's 128 keys see: causal, query row m sees key n iff
+    n <= m + Sk - Sq, so the tiles before it are skipped."""
+    first = 0
+    if CAUSAL:
+        first = gl.maximum(gl.program_id(0) * 128 - (seqlen_k - seqlen_q), 0) // BLOCK_M
+    return first
+
+
+@gluon.jit
+def _loader_buffers(q_desc, k_desc, v_desc, do_desc, lse_desc, dl_desc, BLOCK_M: gl.constexpr,
+                    HEAD_DIM: gl.constexpr, STAGES: gl.constexpr):
+    """The shared memory ``_bwd_loader`` fills (a ring of ``STAGES`` Q, dO, lse2, Δ tiles; K and
+    V as two 64-key halves) and its mbarriers, initialised."""
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM],
+                                        do_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [2, 64, HEAD_DIM], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [2, 64, HEAD_DIM], v_desc.layout)
+    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], lse_desc.layout)
+    dl_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], dl_desc.layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    qdo_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    qdo_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(qdo_ready.index(i), count=1)
+        mbarrier.init(qdo_empty.index(i), count=2)  # one arrival per consumer
+    return q_smem, do_smem, k_smem, v_smem, lse_smem, dl_smem, kv_bar, qdo_ready, qdo_empty
+
+
+@gluon.jit
+def _store_dkdv(dk, dv, dk_ptr, dv_ptr, b, hk, n_first, seqlen_k, num_kv_heads, softmax_scale):
+    """A consumer's 64 rows of dK (scaled by the softmax scale) and dV, in dk_ptr's dtype."""
+    o_layout: gl.constexpr = dk.type.layout
+    D: gl.constexpr = dk.shape[1]
+    rows = gl.arange(0, 64, layout=gl.SliceLayout(1, o_layout))
+    dcols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+    offs = (gl.expand_dims((b * seqlen_k + n_first + rows).to(gl.int64) * (num_kv_heads * D), 1)
+            + hk * D + gl.expand_dims(dcols, 0))
+    gl.store(dk_ptr + offs, (dk * softmax_scale).to(dk_ptr.dtype.element_ty))
+    gl.store(dv_ptr + offs, dv.to(dv_ptr.dtype.element_ty))
+
+
+@gluon.jit
 def _bwd_consumer(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, lse_smem, dl_smem, kv_bar,
                   qdo_ready, qdo_empty, dk_ptr, dv_ptr, seqlen_q, seqlen_k,
                   num_kv_heads, group, first_q_tile, n_q_tiles, qk_scale, softmax_scale,
@@ -133,12 +178,7 @@ def _bwd_consumer(WG: gl.constexpr, q_smem, do_smem, k_smem, v_smem, lse_smem, d
             mbarrier.arrive(qdo_empty.index(s), count=1)
             it += 1
 
-    rows = gl.arange(0, 64, layout=gl.SliceLayout(1, o_layout))
-    dcols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-    offs = (gl.expand_dims((b * seqlen_k + n_first + rows).to(gl.int64) * (num_kv_heads * D), 1)
-            + hk * D + gl.expand_dims(dcols, 0))
-    gl.store(dk_ptr + offs, (dk * softmax_scale).to(dtype))
-    gl.store(dv_ptr + offs, dv.to(dtype))
+    _store_dkdv(dk, dv, dk_ptr, dv_ptr, b, hk, n_first, seqlen_k, num_kv_heads, softmax_scale)
 
 
 @gluon.jit
@@ -147,23 +187,10 @@ def _flash_attn_dkdv_ws_kernel(q_desc, k_desc, v_desc, do_desc, lse_desc, dl_des
                                softmax_scale, BLOCK_M: gl.constexpr, HEAD_DIM: gl.constexpr,
                                STAGES: gl.constexpr, CAUSAL: gl.constexpr):
     n_q_tiles = seqlen_q // BLOCK_M
-    first_q_tile = 0
-    if CAUSAL:  # query row m sees key n iff n <= m + Sk - Sq: skip the tiles that see none
-        first_q_tile = gl.maximum(gl.program_id(0) * 128 - (seqlen_k - seqlen_q), 0) // BLOCK_M
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM], q_desc.layout)
-    do_smem = gl.allocate_shared_memory(do_desc.dtype, [STAGES, BLOCK_M, HEAD_DIM],
-                                        do_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [2, 64, HEAD_DIM], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, [2, 64, HEAD_DIM], v_desc.layout)
-    lse_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], lse_desc.layout)
-    dl_smem = gl.allocate_shared_memory(gl.float32, [STAGES, BLOCK_M], dl_desc.layout)
-    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    qdo_ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    qdo_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(kv_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(qdo_ready.index(i), count=1)
-        mbarrier.init(qdo_empty.index(i), count=2)
+    first_q_tile = _first_q_tile(seqlen_q, seqlen_k, BLOCK_M, CAUSAL)
+    q_smem, do_smem, k_smem, v_smem, lse_smem, dl_smem, kv_bar, qdo_ready, qdo_empty = \
+        _loader_buffers(q_desc, k_desc, v_desc, do_desc, lse_desc, dl_desc, BLOCK_M, HEAD_DIM,
+                        STAGES)
     gl.warp_specialize(
         [(_bwd_consumer, (0, q_smem, do_smem, k_smem, v_smem, lse_smem, dl_smem, kv_bar,
                           qdo_ready, qdo_empty, dk_ptr, dv_ptr, seqlen_q, seqlen_k,
