@@ -380,24 +380,32 @@ def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 3,
     """Build the kernel for an H100 without one (dtype "bf16" or "fp16", head dim 128): the
     ``triton.compile`` result, whose ``asm["ptx"]`` / ``asm["cubin"]`` can be read here. Used by
     the tests and for looking at the code the compiler makes; needs TRITON_INTERPRET unset."""
+    gl_dtype = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
+    q_layout = gl.NVMMASharedLayout.get_default_for([64, 128], gl_dtype)
+    kv_layout = gl.NVMMASharedLayout.get_default_for([128, 128], gl_dtype)
+    return build_sm90(_flash_attn_fwd_ws_kernel, {
+        "q_desc": f"tensordesc<{dtype}[64, 128],{q_layout!r}>",
+        "k_desc": f"tensordesc<{dtype}[128, 128],{kv_layout!r}>",
+        "v_desc": f"tensordesc<{dtype}[128, 128],{kv_layout!r}>",
+        "o_ptr": f"*{dtype}", "lse_ptr": "*fp32", "seqlen_q": "i32", "seqlen_k": "i32",
+        "num_heads": "i32", "group": "i32", "n_bh": "i32", "qk_scale": "fp32",
+        "BLOCK_N": 128, "HEAD_DIM": 128, "STAGES": stages, "CAUSAL": causal, "INTRA": intra,
+        "PAIRS": pairs})
+
+
+def build_sm90(fn, types: dict):
+    """``triton.compile`` of Gluon kernel ``fn`` for sm_90 without a GPU. ``types`` maps each
+    parameter name to its type string ("*bf16", "i32", "tensordesc<...>") or, for a constexpr,
+    its value; pointers are declared 16-byte aligned, as at launch."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    gl_dtype = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
-    q_layout = gl.NVMMASharedLayout.get_default_for([64, 128], gl_dtype)
-    kv_layout = gl.NVMMASharedLayout.get_default_for([128, 128], gl_dtype)
-    sig = {"q_desc": f"tensordesc<{dtype}[64, 128],{q_layout!r}>",
-           "k_desc": f"tensordesc<{dtype}[128, 128],{kv_layout!r}>",
-           "v_desc": f"tensordesc<{dtype}[128, 128],{kv_layout!r}>",
-           "o_ptr": f"*{dtype}", "lse_ptr": "*fp32", "seqlen_q": "i32", "seqlen_k": "i32",
-           "num_heads": "i32", "group": "i32", "n_bh": "i32", "qk_scale": "fp32",
-           "BLOCK_N": "constexpr", "HEAD_DIM": "constexpr", "STAGES": "constexpr",
-           "CAUSAL": "constexpr", "INTRA": "constexpr", "PAIRS": "constexpr"}
-    constexprs = {(11,): 128, (12,): 128, (13,): stages, (14,): causal, (15,): intra,
-                  (16,): pairs}
-    attrs = {(i,): [["tt.divisibility", 16]] for i in (3, 4)}
-    src = GluonASTSource(_flash_attn_fwd_ws_kernel, sig, constexprs, attrs)
+    names = fn.arg_names  # the kernel's parameter order
+    sig = {n: types[n] if isinstance(types[n], str) else "constexpr" for n in names}
+    constexprs = {(i,): types[n] for i, n in enumerate(names) if not isinstance(types[n], str)}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr")}
+    src = GluonASTSource(fn, sig, constexprs, attrs)
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
 
 

@@ -36,6 +36,7 @@ from tritium.kernels.flash_attn_hopper import (
     _load_kv,
     _tile,
     _tma_load,
+    build_sm90,
     dense_sm90_ok,
 )
 
@@ -390,10 +391,6 @@ STATS_DESC = f"tensordesc<fp32[64],{_STATS_LAYOUT!r}>"  # _stats_desc's type, fo
 def compile_for_sm90(dtype: str = "bf16", causal: bool = False, kernel: str = "dkdv"):
     """Build ``kernel`` ("dkdv" or "dq", default tiles) for an H100 without one (see
     flash_attn_hopper.compile_for_sm90)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     gl_dtype = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
 
     def desc(rows):
@@ -413,12 +410,7 @@ def compile_for_sm90(dtype: str = "bf16", causal: bool = False, kernel: str = "d
     types.update({"lse2_ptr": "*fp32", "delta_ptr": "*fp32", "seqlen_q": "i32",
                   "seqlen_k": "i32", "group": "i32", "qk_scale": "fp32",
                   "softmax_scale": "fp32", "HEAD_DIM": 128, "CAUSAL": causal})
-    names = fn.arg_names  # the kernel's parameter order
-    sig = {n: types[n] if isinstance(types[n], str) else "constexpr" for n in names}
-    constexprs = {(i,): types[n] for i, n in enumerate(names) if not isinstance(types[n], str)}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr")}
-    src = GluonASTSource(fn, sig, constexprs, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    return build_sm90(fn, types)
 
 
 __all__ = ["compile_for_sm90", "flash_attn_dkdv_ws", "flash_attn_dq_ws", "supported"]

@@ -42,7 +42,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from tritium.kernels.flash_attn_hopper import LOG2E, _desc
+from tritium.kernels.flash_attn_hopper import LOG2E, _desc, build_sm90
 from tritium.kernels.flash_attn_hopper_bwd import (
     STATS_DESC,
     _bwd_loader,
@@ -259,10 +259,6 @@ def flash_attn_bwd_fused_ws(q, k, v, dout, lse2, delta, dq_acc, *, softmax_scale
 
 def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int | None = None):
     """Build the kernel for an H100 without one (see flash_attn_hopper.compile_for_sm90)."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.experimental.gluon._runtime import GluonASTSource
-
     gl_dtype = {"bf16": gl.bfloat16, "fp16": gl.float16}[dtype]
     tile = gl.NVMMASharedLayout.get_default_for([64, 128], gl_dtype)
     acc = gl.NVMMASharedLayout.get_default_for([64, 64], gl.float32)
@@ -273,13 +269,7 @@ def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int | No
              "STAGES": stages or STAGES, "CAUSAL": causal}
     types.update({n: f"tensordesc<{dtype}[64, 128],{tile!r}>"
                   for n in ("q_desc", "k_desc", "v_desc", "do_desc")})
-    fn = _flash_attn_bwd_fused_ws_kernel
-    names = fn.arg_names
-    sig = {n: types[n] if isinstance(types[n], str) else "constexpr" for n in names}
-    constexprs = {(i,): types[n] for i, n in enumerate(names) if not isinstance(types[n], str)}
-    attrs = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names) if n.endswith("_ptr")}
-    src = GluonASTSource(fn, sig, constexprs, attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    return build_sm90(_flash_attn_bwd_fused_ws_kernel, types)
 
 
 __all__ = ["STAGES", "compile_for_sm90", "flash_attn_bwd_fused_ws", "supported"]
