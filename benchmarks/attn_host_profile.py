@@ -43,7 +43,8 @@ def main() -> None:
             torch.autograd.grad(tritium.flash_attn_func(q, k, v, causal=causal), (q, k, v), do)
 
         for name, fn in (("fwd", fwd), ("bwd", bwd), ("fwd+bwd", fwd_bwd)):
-            print(f"causal={causal} {name}: {triton.testing.do_bench(fn, warmup=10, rep=60):.3f} ms")
+            ms = triton.testing.do_bench(fn, warmup=10, rep=60)
+            print(f"causal={causal} {name}: {ms:.3f} ms")
         for _ in range(5):
             fwd_bwd()
         torch.cuda.synchronize()
