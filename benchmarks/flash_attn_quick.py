@@ -100,8 +100,9 @@ def correctness(dev) -> None:
         check(f"WS-eligible Sq=512 Sk=1024 causal={causal} GQA 4:1", torch.bfloat16, q, k, v,
               lambda *a, c=causal, **k_: fa(*a, causal=c, **k_),
               lambda *a, c=causal, **k_: ref(*a, c, **k_), dlse=True)
-    q, k, v = rnd(1, 384, 9, 128), rnd(1, 640, 3, 128), rnd(1, 640, 3, 128)
-    check("WS-eligible fp16 Sq=384 Sk=640 causal GQA 9:3", torch.float16, q, k, v,
+    # B 2: 54 work items, so causal pairs run, and (3 query tiles per head) cross heads.
+    q, k, v = rnd(2, 384, 9, 128), rnd(2, 640, 3, 128), rnd(2, 640, 3, 128)
+    check("WS-eligible fp16 B=2 Sq=384 Sk=640 causal GQA 9:3", torch.float16, q, k, v,
           lambda *a, **k_: fa(*a, causal=True, **k_), lambda *a, **k_: ref(*a, True, **k_))
     q, k, v = rnd(2, 777, 4, 128), rnd(2, 1000, 4, 128), rnd(2, 1000, 4, 128)
     check("Sq=777 Sk=1000 causal", torch.float16, q, k, v,

@@ -31,8 +31,9 @@ _BUILD = """
 import json, re, sys
 from tritium.kernels.flash_attn_hopper import compile_for_sm90
 out = {}
-for dtype, causal, pairs in (("bf16", False, False), ("bf16", True, True), ("fp16", True, False)):
-    k = compile_for_sm90(dtype, causal, pairs=pairs)
+for dtype, causal, pairs, late in (("bf16", False, False, True), ("bf16", True, True, True),
+                                   ("fp16", True, False, False)):
+    k = compile_for_sm90(dtype, causal, pairs=pairs, late_epilogue=late)
     ptx = k.asm["ptx"]
     out[f"{dtype}-{causal}-{pairs}"] = dict(
         wgmma="wgmma.mma_async.sync.aligned.m64n128k16" in ptx,
@@ -175,6 +176,39 @@ def test_build_failure_falls_back_once(monkeypatch):
         warnings.simplefilter("error")  # no second warning, no second attempt
         assert fa._try_hopper_ws(q, k, v, 0.1, False) is None
     assert len(calls) == 1
+
+
+class _RecordingWsKernel:
+    """Stands in for ``_flash_attn_fwd_ws_kernel``: records each launch's grid and flags."""
+
+    def __init__(self):
+        self.launches = []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches.append((grid, kwargs["PAIRS"], kwargs["LATE_EPILOGUE"]))
+        return launch
+
+
+@pytest.mark.parametrize("B,S,H,causal,grid,pairs", [
+    (16, 1024, 16, True, (132,), True),      # 2048 items -> 1024 pairs, one program per SM
+    (1, 256, 2, True, (2,), True),           # 4 items -> 2 pairs (fewer than the SMs)
+    (1, 384, 9, True, (27,), False),         # 27 items: no pairs, one program per item
+    (16, 1024, 16, False, (132,), False),    # non-causal: persistent over the 2048 items
+    (1, 384, 3, False, (9,), False),
+])
+def test_forward_schedule(monkeypatch, B, S, H, causal, grid, pairs):
+    # The work split flash_attn_fwd_ws picks: causal pairs (a long and a short query tile per
+    # program, so programs have equal work) whenever the item count is even, and then a
+    # persistent grid (one program per SM) as for non-causal; an odd causal count runs one
+    # program per item (a fixed stride over unequal items measured up to 30% slower).
+    kernel = _RecordingWsKernel()
+    monkeypatch.setattr(hopper, "_flash_attn_fwd_ws_kernel", kernel)
+    monkeypatch.setattr(hopper, "_desc", lambda t, rows, dtype: None)
+    monkeypatch.setattr(hopper, "_num_sms", lambda device: 132)
+    q = torch.zeros(B, S, H, 128, dtype=torch.bfloat16)
+    hopper.flash_attn_fwd_ws(q, q, q, softmax_scale=0.1, causal=causal)
+    assert kernel.launches == [(grid, pairs, False)]
 
 
 def test_supported_rejects_what_the_kernel_cannot_take():

@@ -54,13 +54,24 @@ _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
 
 @gluon.jit
-def _items(n_m, n_bh, PAIRS: gl.constexpr):
-    """This program's work items as range(start, end, step): items 2p and 2p + 1 (PAIRS), or
-    p, p + P, p + 2P, ... (P programs: one item each when P = items, else persistent)."""
+def _num_items(n_items, PAIRS: gl.constexpr):
+    """How many work items this program runs (see ``_item``)."""
+    P = gl.num_programs(0)
     if PAIRS:
-        start = 2 * gl.program_id(0)
-        return start, gl.minimum(start + 2, n_m * n_bh), 1
-    return gl.program_id(0), n_m * n_bh, gl.num_programs(0)
+        return 2 * gl.cdiv(n_items // 2 - gl.program_id(0), P)
+    return gl.cdiv(n_items - gl.program_id(0), P)
+
+
+@gluon.jit
+def _item(u, PAIRS: gl.constexpr):
+    """This program's ``u``-th work item, P programs: p, p + P, p + 2P, ... (one each when P =
+    items, else persistent); with PAIRS, pairs of items (2p, 2p + 1), (2p + 2P, 2p + 2P + 1),
+    ... (the item count is even)."""
+    p = gl.program_id(0)
+    P = gl.num_programs(0)
+    if PAIRS:
+        return 2 * (p + (u // 2) * P) + u % 2
+    return p + u * P
 
 
 @gluon.jit
@@ -111,8 +122,8 @@ def _loader(q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_re
     D: gl.constexpr = q_smem.shape[2]
     it = 0
     i = 0
-    start, end, step = _items(n_m, n_bh, PAIRS)
-    for t in range(start, end, step):
+    for u in range(_num_items(n_m * n_bh, PAIRS)):
+        t = _item(u, PAIRS)
         m0, bh, n_tiles, n_full = _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N, CAUSAL,
                                         PAIRS)
         b = bh // num_heads
@@ -155,10 +166,28 @@ def _rescale(acc, alpha, o_layout: gl.constexpr):
 
 
 @gluon.jit
+def _store_out(acc, l_i, m_i, bh, row0, o_ptr, lse_ptr, seqlen_q, num_heads,
+               o_layout: gl.constexpr, row_layout: gl.constexpr):
+    """A consumer's 64 finished rows: O / l to out, and the natural-log lse."""
+    D: gl.constexpr = acc.shape[1]
+    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
+    out = (acc / gl.expand_dims(l_o, 1)).to(o_ptr.dtype.element_ty)
+    b = bh // num_heads
+    h = bh % num_heads
+    rows = gl.arange(0, 64, layout=gl.SliceLayout(1, o_layout))
+    cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
+    o_rows = (b * seqlen_q + row0 + rows).to(gl.int64) * (num_heads * D)
+    gl.store(o_ptr + gl.expand_dims(o_rows, 1) + h * D + gl.expand_dims(cols, 0), out)
+    lse_rows = gl.arange(0, 64, layout=row_layout)
+    gl.store(lse_ptr + bh.to(gl.int64) * seqlen_q + row0 + lse_rows,
+             (m_i + gl.log2(l_i)) * 0.6931471805599453)
+
+
+@gluon.jit
 def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready,
               kv_empty, turn, o_ptr, lse_ptr, seqlen_q, seqlen_k, num_heads, n_m, n_bh,
               qk_scale, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-              INTRA: gl.constexpr, PAIRS: gl.constexpr):
+              INTRA: gl.constexpr, PAIRS: gl.constexpr, LATE_EPILOGUE: gl.constexpr):
     """Consumer warpgroup ``WG`` (0 or 1): rows [m0 + 64 WG, + 64) of each work item.
 
     GEMM block k (k = 0 .. n_tiles) of an item runs O += P(k-1) V(k-1) (k >= 1) and
@@ -181,25 +210,38 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
     it = 0
     blk = 0
     i = 0
-    start, end, step = _items(n_m, n_bh, PAIRS)
-    for t in range(start, end, step):
+    # LATE_EPILOGUE: the previous item's rows, stored while this item's first S runs.
+    prev_acc = gl.zeros([64, D], gl.float32, o_layout)
+    prev_l = gl.zeros([64], gl.float32, row_layout)
+    prev_m = gl.zeros([64], gl.float32, row_layout)
+    prev_bh = 0
+    prev_row0 = 0
+    n_items = _num_items(n_m * n_bh, PAIRS)
+    for u in range(n_items):
+        t = _item(u, PAIRS)
         m0, bh, n_tiles, n_full = _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N, CAUSAL,
                                         PAIRS)
         row0 = m0 + WG * 64  # this warpgroup's first query position in the sequence
         m_i = gl.full([64], float("-inf"), gl.float32, row_layout)
         l_i = gl.zeros([64], gl.float32, row_layout)
-        acc = gl.zeros([64, D], gl.float32, o_layout)
         mbarrier.wait(q_bar, i & 1)
 
         mbarrier.wait(turn.index(WG), (blk + 1 + WG) & 1)
         mbarrier.wait(k_ready.index(it % STAGES), (it // STAGES) & 1)
         sc = warpgroup_mma(q, k_smem.index(it % STAGES).permute((1, 0)), zero_s, use_acc=False,
                            is_async=True)
-        sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-        mbarrier.arrive(turn.index(1 - WG), count=1)
+        if LATE_EPILOGUE:
+            mbarrier.arrive(turn.index(1 - WG), count=1)
+            if u > 0:
+                _store_out(prev_acc, prev_l, prev_m, prev_bh, prev_row0, o_ptr, lse_ptr,
+                           seqlen_q, num_heads, o_layout, row_layout)
+            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+        else:
+            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+            mbarrier.arrive(turn.index(1 - WG), count=1)
         p, m_i, l_i, alpha = _softmax_scores(sc, m_i, l_i, qk_scale, 0, n_full, row0, shift,
                                              s_layout, CAUSAL)
-        acc = _rescale(acc, alpha, o_layout)
+        acc = gl.zeros([64, D], gl.float32, o_layout)
         for j in range(1, n_tiles):
             prev = (it + j - 1) % STAGES
             cur = (it + j) % STAGES
@@ -232,6 +274,9 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
                 p, m_i, l_i, alpha = _softmax_scores(sc, m_i, l_i, qk_scale, j, n_full, row0,
                                                      shift, s_layout, CAUSAL)
             acc = _rescale(acc, alpha, o_layout)
+        # Every S of this item is done: the loader may bring the next item's Q while the last
+        # P V and the epilogue run (short items, 1k, pay that load otherwise).
+        mbarrier.arrive(q_empty, count=1)
         last = (it + n_tiles - 1) % STAGES
         mbarrier.wait(turn.index(WG), (blk + n_tiles + 1 + WG) & 1)
         mbarrier.wait(v_ready.index(last), ((it + n_tiles - 1) // STAGES) & 1)
@@ -239,24 +284,23 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
                             is_async=True)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(kv_empty.index(last), count=1)
-        mbarrier.arrive(q_empty, count=1)  # the loader may bring the next item's Q
         mbarrier.arrive(turn.index(1 - WG), count=1)
-
-        # Epilogue (under the other consumer's matmuls): O / l and the natural-log lse.
-        l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
-        out = (acc / gl.expand_dims(l_o, 1)).to(dtype)
-        b = bh // num_heads
-        h = bh % num_heads
-        rows = gl.arange(0, 64, layout=gl.SliceLayout(1, o_layout))
-        cols = gl.arange(0, D, layout=gl.SliceLayout(0, o_layout))
-        o_rows = (b * seqlen_q + row0 + rows).to(gl.int64) * (num_heads * D)
-        gl.store(o_ptr + gl.expand_dims(o_rows, 1) + h * D + gl.expand_dims(cols, 0), out)
-        lse_rows = gl.arange(0, 64, layout=row_layout)
-        gl.store(lse_ptr + bh.to(gl.int64) * seqlen_q + row0 + lse_rows,
-                 (m_i + gl.log2(l_i)) * 0.6931471805599453)
+        if LATE_EPILOGUE:
+            prev_acc = acc
+            prev_l = l_i
+            prev_m = m_i
+            prev_bh = bh
+            prev_row0 = row0
+        else:  # under the other consumer's matmuls
+            _store_out(acc, l_i, m_i, bh, row0, o_ptr, lse_ptr, seqlen_q, num_heads, o_layout,
+                       row_layout)
         it += n_tiles
         blk += n_tiles + 1
         i += 1
+    if LATE_EPILOGUE:
+        if n_items > 0:
+            _store_out(prev_acc, prev_l, prev_m, prev_bh, prev_row0, o_ptr, lse_ptr, seqlen_q,
+                       num_heads, o_layout, row_layout)
 
 
 @gluon.jit
@@ -264,7 +308,8 @@ def _flash_attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, seqlen_q, 
                               num_heads, group, n_bh, qk_scale,
                               BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                               STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                              INTRA: gl.constexpr, PAIRS: gl.constexpr):
+                              INTRA: gl.constexpr, PAIRS: gl.constexpr,
+                              LATE_EPILOGUE: gl.constexpr):
     """Program p handles work items p, p + P, p + 2P, ... (P programs; items = query tiles of
     128 rows x (batch * heads)): one item per program, or persistent with P = #SMs."""
     n_m = seqlen_q // 128
@@ -288,10 +333,10 @@ def _flash_attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, seqlen_q, 
     gl.warp_specialize(
         [(_consumer, (0, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, kv_empty,
                       turn, o_ptr, lse_ptr, seqlen_q, seqlen_k, num_heads, n_m, n_bh, qk_scale,
-                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS)),
+                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS, LATE_EPILOGUE)),
          (_consumer, (1, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, kv_empty,
                       turn, o_ptr, lse_ptr, seqlen_q, seqlen_k, num_heads, n_m, n_bh, qk_scale,
-                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS)),
+                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS, LATE_EPILOGUE)),
          (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
                     v_ready, kv_empty, seqlen_q, seqlen_k, num_heads, group, n_m, n_bh,
                     BLOCK_N, STAGES, CAUSAL, PAIRS))],
@@ -329,6 +374,11 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
 
 @functools.cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.cache
 def _smem_layout(rows: int, D: int, gl_dtype):
     # ~11 us to build (measured on the dev CPU), on every call otherwise: 3 per forward.
     return gl.NVMMASharedLayout.get_default_for([rows, D], gl_dtype)
@@ -343,40 +393,48 @@ def _desc(t: torch.Tensor, rows: int, gl_dtype) -> TensorDescriptor:
 def flash_attn_fwd_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                       softmax_scale: float, causal: bool = False, block_n: int = 128,
                       stages: int = 3, persistent: bool | None = None, intra: bool = True,
-                      pairs: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      pairs: bool | None = None, late_epilogue: bool = False,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, Sq, Hq, D), k/v (B, Sk, Hk, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq) fp32.
 
     Inputs must pass ``supported``; the caller has validated shapes, dtypes and heads.
-    ``persistent`` (default: when not causal) launches one program per SM that walks the
-    work items; otherwise one program per item, or with ``pairs`` (default: causal and not
-    persistent) one per pair of a long and a short causal item. Measured on the H100
-    (docs/perf-notes.md): persistent +1-6% non-causal, but -30% causal at 16k (a static
-    stride spreads the long items unevenly). ``intra``: each consumer runs its softmax while
-    its own P V matmul is in flight (FlashAttention-3's intra-warpgroup overlap, +1-4%).
+    Work items are (128-row query tile, batch x head). ``pairs`` (default: causal) gives each
+    program a long and a short causal item of one head (query tiles n - 1 - i and i), so that
+    programs have equal work and the second item's loads overlap the first's epilogue; it
+    needs an even item count and is dropped otherwise. ``persistent`` (default: unless causal
+    without pairs) launches one program per SM, which walks the items (or pairs) with a fixed
+    stride; otherwise one program per item (or pair). Measured on the H100
+    (docs/perf-notes.md): persistent +1-6% non-causal, +1-5% causal with pairs, but -30%
+    causal at 16k without pairs (a static stride spreads the long items unevenly).
+    ``intra``: each consumer runs its softmax while its own P V matmul is in flight
+    (FlashAttention-3's intra-warpgroup overlap, +1-4%).
+    ``late_epilogue``: each consumer stores an item's output while the next item's first
+    Q Kᵀ runs, instead of right after its last P V (where, both consumers being at the same
+    item boundary, the tensor cores wait for it).
     """
-    if persistent is None:
-        persistent = not causal
     B, Sq, Hq, D = q.shape
     Sk, Hk = k.shape[1], k.shape[2]
     gl_dtype = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
     out = torch.empty((B, Sq, Hq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
     items = (Sq // 128) * B * Hq
+    pairs = (causal if pairs is None else pairs) and items % 2 == 0
+    if persistent is None:
+        persistent = pairs or not causal
+    programs = items // 2 if pairs else items
     if persistent:
-        items = min(items, torch.cuda.get_device_properties(q.device).multi_processor_count)
-    elif pairs:
-        items = (items + 1) // 2
-    _flash_attn_fwd_ws_kernel[(items,)](
+        programs = min(programs, _num_sms(q.device))
+    _flash_attn_fwd_ws_kernel[(programs,)](
         _desc(q, 64, gl_dtype), _desc(k, block_n, gl_dtype), _desc(v, block_n, gl_dtype),
         out, lse, Sq, Sk, Hq, Hq // Hk, B * Hq, softmax_scale * LOG2E,
         BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, CAUSAL=causal, INTRA=intra,
-        PAIRS=pairs, num_warps=4,
+        PAIRS=pairs, LATE_EPILOGUE=late_epilogue, num_warps=4,
     )
     return out, lse
 
 
 def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 3,
-                     intra: bool = True, pairs: bool = False):
+                     intra: bool = True, pairs: bool = False, late_epilogue: bool = False):
     """Build the kernel for an H100 without one (dtype "bf16" or "fp16", head dim 128): the
     ``triton.compile`` result, whose ``asm["ptx"]`` / ``asm["cubin"]`` can be read here. Used by
     the tests and for looking at the code the compiler makes; needs TRITON_INTERPRET unset."""
@@ -390,7 +448,7 @@ def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 3,
         "o_ptr": f"*{dtype}", "lse_ptr": "*fp32", "seqlen_q": "i32", "seqlen_k": "i32",
         "num_heads": "i32", "group": "i32", "n_bh": "i32", "qk_scale": "fp32",
         "BLOCK_N": 128, "HEAD_DIM": 128, "STAGES": stages, "CAUSAL": causal, "INTRA": intra,
-        "PAIRS": pairs})
+        "PAIRS": pairs, "LATE_EPILOGUE": late_epilogue})
 
 
 def build_sm90(fn, types: dict):
