@@ -23,14 +23,12 @@ import sys
 
 SEQS = (1024, 4096, 16384)
 TOKENS = 16384
-VARIANTS = {  # name: (persistent, stages, block_n, head_dim, causal, intra, pairs, late_epi)
-    "ws_persist": (True, 3, 128, 128, False, False, False, False),
-    "ws_persist_intra": (True, 3, 128, 128, False, True, False, False),
-    "ws_persist_late": (True, 3, 128, 128, False, True, False, True),
-    "ws_causal_intra": (False, 3, 128, 128, True, True, False, False),
-    "ws_causal_intra_pairs": (False, 3, 128, 128, True, True, True, False),
-    "ws_causal_pairs_persist": (True, 3, 128, 128, True, True, True, False),
-    "ws_causal_pairs_persist_late": (True, 3, 128, 128, True, True, True, True),
+VARIANTS = {  # name: (persistent, stages, block_n, head_dim, causal, intra, pairs)
+    "ws_persist": (True, 3, 128, 128, False, False, False),
+    "ws_persist_intra": (True, 3, 128, 128, False, True, False),
+    "ws_causal_intra": (False, 3, 128, 128, True, True, False),
+    "ws_causal_intra_pairs": (False, 3, 128, 128, True, True, True),
+    "ws_causal_pairs_persist": (True, 3, 128, 128, True, True, True),
 }
 
 
@@ -54,7 +52,7 @@ def child_variant(name: str) -> dict:
 
     from tritium.kernels.flash_attn import flash_attn_fwd
     from tritium.kernels.flash_attn_hopper import flash_attn_fwd_ws
-    persistent, stages, bn, D, causal, intra, pairs, late = VARIANTS[name]
+    persistent, stages, bn, D, causal, intra, pairs = VARIANTS[name]
     res = {"variant": name, "checks": [], "tflops": {}}
     checks = [(2, 1024, 1024, 16, 4), (1, 384, 384, 8, 8), (1, 256, 640, 4, 2)] + [
         (B, S, S, Hq, Hk) for B, S, Hq, Hk, _ in _shapes(D)[:1]]
@@ -65,7 +63,7 @@ def child_variant(name: str) -> dict:
         scale = D ** -0.5
         o, lse = flash_attn_fwd_ws(q, k, v, softmax_scale=scale, causal=causal, block_n=bn,
                                    stages=stages, persistent=persistent,
-                                   intra=intra, pairs=pairs, late_epilogue=late)
+                                   intra=intra, pairs=pairs)
         ro, rlse = flash_attn_fwd(q, k, v, softmax_scale=scale, causal=causal)
         torch.cuda.synchronize()
         res["checks"].append({"shape": [B, Sq, Sk, Hq, Hk, D],
@@ -75,8 +73,7 @@ def child_variant(name: str) -> dict:
         q, k, v = _inputs(B, S, Hq, Hk, D)
         ms = triton.testing.do_bench(lambda q=q, k=k, v=v: flash_attn_fwd_ws(
             q, k, v, softmax_scale=D ** -0.5, causal=causal, block_n=bn, stages=stages,
-            persistent=persistent, intra=intra, pairs=pairs, late_epilogue=late),
-            warmup=25, rep=100)
+            persistent=persistent, intra=intra, pairs=pairs), warmup=25, rep=100)
         flops = 4 * B * Hq * S * S * D / (2 if causal else 1)
         res["tflops"][str(S)] = round(flops / ms / 1e9, 1)
     return res

@@ -90,7 +90,20 @@ def _host_time(torch, name: str, causal: bool, fn, calls: int = 100) -> None:
         fn()
     us = 1e6 * (time.perf_counter() - t0) / calls
     torch.cuda.synchronize()
-    print(f"causal={causal} {name}: {us:.0f} us of host time per call")
+    idle = []  # the same, each call starting on an idle GPU (which runs its kernels meanwhile)
+    for _ in range(20):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        idle.append(1e6 * (time.perf_counter() - t0))
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):  # back to back, one sync at the end: max(host, GPU) per call
+        fn()
+    torch.cuda.synchronize()
+    loop = 1e6 * (time.perf_counter() - t0) / calls
+    print(f"causal={causal} {name}: {us:.0f} us of host time per call (GPU busy), "
+          f"{sorted(idle)[10]:.0f} us (GPU idle at the call), {loop:.0f} us per call back to back")
     busy()
     prof = cProfile.Profile()
     prof.enable()

@@ -19,7 +19,7 @@ for part in "${@:-check library}"; do
       check) timeout 200 python3 benchmarks/flash_attn_quick.py --check-only --out "$OUT/fa_check.json" 2>&1 | tail -20 ;;
       variants) timeout 400 python3 benchmarks/attn_fwd_probe.py --part variants --out "$OUT/fwd_variants.json" 2>&1 | tail -40 ;;
       library) timeout 400 python3 benchmarks/attn_fwd_probe.py --part library --out "$OUT/fwd_library.json" 2>&1 | tail -40 ;;
-      fwd_ws) timeout 300 python3 benchmarks/attn_fwd_ws_probe.py --variants ws_persist_intra,ws_persist_late,ws_causal_intra_pairs,ws_causal_pairs_persist,ws_causal_pairs_persist_late --out "$OUT/fwd_ws_probe.json" 2>&1 | tail -12 ;;
+      fwd_ws) timeout 300 python3 benchmarks/attn_fwd_ws_probe.py --variants ws_persist_intra,ws_causal_intra,ws_causal_intra_pairs,ws_causal_pairs_persist --out "$OUT/fwd_ws_probe.json" 2>&1 | tail -12 ;;
       host) timeout 200 python3 benchmarks/attn_host_profile.py --host > "$OUT/host_profile.txt" 2>&1; grep "host time" "$OUT/host_profile.txt" ;;
       gaps) timeout 200 python3 benchmarks/attn_host_profile.py --gaps 2>&1 | tail -60 ;;
       bwd) timeout 420 python3 benchmarks/attn_bwd_ws_probe.py --timeout 100 --out "$OUT/bwd_probe.json" 2>&1 | tail -30 ;;

@@ -31,9 +31,8 @@ _BUILD = """
 import json, re, sys
 from tritium.kernels.flash_attn_hopper import compile_for_sm90
 out = {}
-for dtype, causal, pairs, late in (("bf16", False, False, True), ("bf16", True, True, True),
-                                   ("fp16", True, False, False)):
-    k = compile_for_sm90(dtype, causal, pairs=pairs, late_epilogue=late)
+for dtype, causal, pairs in (("bf16", False, False), ("bf16", True, True), ("fp16", True, False)):
+    k = compile_for_sm90(dtype, causal, pairs=pairs)
     ptx = k.asm["ptx"]
     out[f"{dtype}-{causal}-{pairs}"] = dict(
         wgmma="wgmma.mma_async.sync.aligned.m64n128k16" in ptx,
@@ -186,7 +185,7 @@ class _RecordingWsKernel:
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs["PAIRS"], kwargs["LATE_EPILOGUE"]))
+            self.launches.append((grid, kwargs["PAIRS"]))
         return launch
 
 
@@ -208,7 +207,7 @@ def test_forward_schedule(monkeypatch, B, S, H, causal, grid, pairs):
     monkeypatch.setattr(hopper, "_num_sms", lambda device: 132)
     q = torch.zeros(B, S, H, 128, dtype=torch.bfloat16)
     hopper.flash_attn_fwd_ws(q, q, q, softmax_scale=0.1, causal=causal)
-    assert kernel.launches == [(grid, pairs, False)]
+    assert kernel.launches == [(grid, pairs)]
 
 
 def test_supported_rejects_what_the_kernel_cannot_take():

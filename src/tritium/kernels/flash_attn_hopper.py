@@ -187,7 +187,7 @@ def _store_out(acc, l_i, m_i, bh, row0, o_ptr, lse_ptr, seqlen_q, num_heads,
 def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready,
               kv_empty, turn, o_ptr, lse_ptr, seqlen_q, seqlen_k, num_heads, n_m, n_bh,
               qk_scale, BLOCK_N: gl.constexpr, STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-              INTRA: gl.constexpr, PAIRS: gl.constexpr, LATE_EPILOGUE: gl.constexpr):
+              INTRA: gl.constexpr, PAIRS: gl.constexpr):
     """Consumer warpgroup ``WG`` (0 or 1): rows [m0 + 64 WG, + 64) of each work item.
 
     GEMM block k (k = 0 .. n_tiles) of an item runs O += P(k-1) V(k-1) (k >= 1) and
@@ -210,14 +210,7 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
     it = 0
     blk = 0
     i = 0
-    # LATE_EPILOGUE: the previous item's rows, stored while this item's first S runs.
-    prev_acc = gl.zeros([64, D], gl.float32, o_layout)
-    prev_l = gl.zeros([64], gl.float32, row_layout)
-    prev_m = gl.zeros([64], gl.float32, row_layout)
-    prev_bh = 0
-    prev_row0 = 0
-    n_items = _num_items(n_m * n_bh, PAIRS)
-    for u in range(n_items):
+    for u in range(_num_items(n_m * n_bh, PAIRS)):
         t = _item(u, PAIRS)
         m0, bh, n_tiles, n_full = _tile(t, n_m, n_bh, seqlen_q, seqlen_k, BLOCK_N, CAUSAL,
                                         PAIRS)
@@ -230,15 +223,8 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
         mbarrier.wait(k_ready.index(it % STAGES), (it // STAGES) & 1)
         sc = warpgroup_mma(q, k_smem.index(it % STAGES).permute((1, 0)), zero_s, use_acc=False,
                            is_async=True)
-        if LATE_EPILOGUE:
-            mbarrier.arrive(turn.index(1 - WG), count=1)
-            if u > 0:
-                _store_out(prev_acc, prev_l, prev_m, prev_bh, prev_row0, o_ptr, lse_ptr,
-                           seqlen_q, num_heads, o_layout, row_layout)
-            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-        else:
-            sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
-            mbarrier.arrive(turn.index(1 - WG), count=1)
+        sc = warpgroup_mma_wait(num_outstanding=0, deps=(sc,))
+        mbarrier.arrive(turn.index(1 - WG), count=1)
         p, m_i, l_i, alpha = _softmax_scores(sc, m_i, l_i, qk_scale, 0, n_full, row0, shift,
                                              s_layout, CAUSAL)
         acc = gl.zeros([64, D], gl.float32, o_layout)
@@ -285,22 +271,13 @@ def _consumer(WG: gl.constexpr, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(kv_empty.index(last), count=1)
         mbarrier.arrive(turn.index(1 - WG), count=1)
-        if LATE_EPILOGUE:
-            prev_acc = acc
-            prev_l = l_i
-            prev_m = m_i
-            prev_bh = bh
-            prev_row0 = row0
-        else:  # under the other consumer's matmuls
-            _store_out(acc, l_i, m_i, bh, row0, o_ptr, lse_ptr, seqlen_q, num_heads, o_layout,
-                       row_layout)
+        # Epilogue, under the other consumer's matmuls. (Storing it later, under the next
+        # item's first S, measured 1-7% slower: docs/perf-notes.md.)
+        _store_out(acc, l_i, m_i, bh, row0, o_ptr, lse_ptr, seqlen_q, num_heads, o_layout,
+                   row_layout)
         it += n_tiles
         blk += n_tiles + 1
         i += 1
-    if LATE_EPILOGUE:
-        if n_items > 0:
-            _store_out(prev_acc, prev_l, prev_m, prev_bh, prev_row0, o_ptr, lse_ptr, seqlen_q,
-                       num_heads, o_layout, row_layout)
 
 
 @gluon.jit
@@ -308,8 +285,7 @@ def _flash_attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, seqlen_q, 
                               num_heads, group, n_bh, qk_scale,
                               BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                               STAGES: gl.constexpr, CAUSAL: gl.constexpr,
-                              INTRA: gl.constexpr, PAIRS: gl.constexpr,
-                              LATE_EPILOGUE: gl.constexpr):
+                              INTRA: gl.constexpr, PAIRS: gl.constexpr):
     """Program p handles work items p, p + P, p + 2P, ... (P programs; items = query tiles of
     128 rows x (batch * heads)): one item per program, or persistent with P = #SMs."""
     n_m = seqlen_q // 128
@@ -333,10 +309,10 @@ def _flash_attn_fwd_ws_kernel(q_desc, k_desc, v_desc, o_ptr, lse_ptr, seqlen_q, 
     gl.warp_specialize(
         [(_consumer, (0, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, kv_empty,
                       turn, o_ptr, lse_ptr, seqlen_q, seqlen_k, num_heads, n_m, n_bh, qk_scale,
-                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS, LATE_EPILOGUE)),
+                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS)),
          (_consumer, (1, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready, v_ready, kv_empty,
                       turn, o_ptr, lse_ptr, seqlen_q, seqlen_k, num_heads, n_m, n_bh, qk_scale,
-                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS, LATE_EPILOGUE)),
+                      BLOCK_N, STAGES, CAUSAL, INTRA, PAIRS)),
          (_loader, (q_desc, k_desc, v_desc, q_smem, k_smem, v_smem, q_bar, q_empty, k_ready,
                     v_ready, kv_empty, seqlen_q, seqlen_k, num_heads, group, n_m, n_bh,
                     BLOCK_N, STAGES, CAUSAL, PAIRS))],
@@ -393,8 +369,7 @@ def _desc(t: torch.Tensor, rows: int, gl_dtype) -> TensorDescriptor:
 def flash_attn_fwd_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                       softmax_scale: float, causal: bool = False, block_n: int = 128,
                       stages: int = 3, persistent: bool | None = None, intra: bool = True,
-                      pairs: bool | None = None, late_epilogue: bool = False,
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      pairs: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """q (B, Sq, Hq, D), k/v (B, Sk, Hk, D) -> out (B, Sq, Hq, D), lse (B, Hq, Sq) fp32.
 
     Inputs must pass ``supported``; the caller has validated shapes, dtypes and heads.
@@ -408,9 +383,6 @@ def flash_attn_fwd_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     causal at 16k without pairs (a static stride spreads the long items unevenly).
     ``intra``: each consumer runs its softmax while its own P V matmul is in flight
     (FlashAttention-3's intra-warpgroup overlap, +1-4%).
-    ``late_epilogue``: each consumer stores an item's output while the next item's first
-    Q Kᵀ runs, instead of right after its last P V (where, both consumers being at the same
-    item boundary, the tensor cores wait for it).
     """
     B, Sq, Hq, D = q.shape
     Sk, Hk = k.shape[1], k.shape[2]
@@ -428,13 +400,13 @@ def flash_attn_fwd_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         _desc(q, 64, gl_dtype), _desc(k, block_n, gl_dtype), _desc(v, block_n, gl_dtype),
         out, lse, Sq, Sk, Hq, Hq // Hk, B * Hq, softmax_scale * LOG2E,
         BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, CAUSAL=causal, INTRA=intra,
-        PAIRS=pairs, LATE_EPILOGUE=late_epilogue, num_warps=4,
+        PAIRS=pairs, num_warps=4,
     )
     return out, lse
 
 
 def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 3,
-                     intra: bool = True, pairs: bool = False, late_epilogue: bool = False):
+                     intra: bool = True, pairs: bool = False):
     """Build the kernel for an H100 without one (dtype "bf16" or "fp16", head dim 128): the
     ``triton.compile`` result, whose ``asm["ptx"]`` / ``asm["cubin"]`` can be read here. Used by
     the tests and for looking at the code the compiler makes; needs TRITON_INTERPRET unset."""
@@ -448,7 +420,7 @@ def compile_for_sm90(dtype: str = "bf16", causal: bool = False, stages: int = 3,
         "o_ptr": f"*{dtype}", "lse_ptr": "*fp32", "seqlen_q": "i32", "seqlen_k": "i32",
         "num_heads": "i32", "group": "i32", "n_bh": "i32", "qk_scale": "fp32",
         "BLOCK_N": 128, "HEAD_DIM": 128, "STAGES": stages, "CAUSAL": causal, "INTRA": intra,
-        "PAIRS": pairs, "LATE_EPILOGUE": late_epilogue})
+        "PAIRS": pairs})
 
 
 def build_sm90(fn, types: dict):
