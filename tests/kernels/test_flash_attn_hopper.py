@@ -113,14 +113,19 @@ def _fake_module(calls, *, fails=False):
 
 
 class _RecordingLaunch:
-    """Stands in for ``_flash_attn_fwd_kernel``: records that the Triton kernel was launched."""
+    """Stands in for a kernel (``kernel[grid](...)``): records each launch's grid and
+    keyword arguments."""
 
     def __init__(self):
-        self.launches = 0
+        self.calls = []
+
+    @property
+    def launches(self):
+        return len(self.calls)
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.launches += 1
+            self.calls.append((grid, kwargs))
         return launch
 
 
@@ -177,18 +182,6 @@ def test_build_failure_falls_back_once(monkeypatch):
     assert len(calls) == 1
 
 
-class _RecordingWsKernel:
-    """Stands in for ``_flash_attn_fwd_ws_kernel``: records each launch's grid and flags."""
-
-    def __init__(self):
-        self.launches = []
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            self.launches.append((grid, kwargs["PAIRS"]))
-        return launch
-
-
 @pytest.mark.parametrize("B,S,H,causal,grid,pairs", [
     (16, 1024, 16, True, (132,), True),      # 2048 items -> 1024 pairs, one program per SM
     (1, 256, 2, True, (2,), True),           # 4 items -> 2 pairs (fewer than the SMs)
@@ -201,13 +194,13 @@ def test_forward_schedule(monkeypatch, B, S, H, causal, grid, pairs):
     # program, so programs have equal work) whenever the item count is even, and then a
     # persistent grid (one program per SM) as for non-causal; an odd causal count runs one
     # program per item (a fixed stride over unequal items measured up to 30% slower).
-    kernel = _RecordingWsKernel()
+    kernel = _RecordingLaunch()
     monkeypatch.setattr(hopper, "_flash_attn_fwd_ws_kernel", kernel)
     monkeypatch.setattr(hopper, "_desc", lambda t, rows, dtype: None)
     monkeypatch.setattr(hopper, "_num_sms", lambda device: 132)
     q = torch.zeros(B, S, H, 128, dtype=torch.bfloat16)
     hopper.flash_attn_fwd_ws(q, q, q, softmax_scale=0.1, causal=causal)
-    assert kernel.launches == [(grid, pairs)]
+    assert [(g, kw["PAIRS"]) for g, kw in kernel.calls] == [(grid, pairs)]
 
 
 def test_supported_rejects_what_the_kernel_cannot_take():
