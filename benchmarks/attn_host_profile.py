@@ -9,7 +9,9 @@ Needs a CUDA GPU. D 128, bf16, 16k tokens (B = 16384 / S), H 16, causal and not:
 whose table gives the GPU time per kernel. Wall time well above the kernels' sum means the
 GPU waits on the host (Python, autograd, launch paths). With ``--host``: the host time per call
 (``time.perf_counter`` over 100 calls with no synchronisation, after a long GPU job queued first
-so that no call waits on the device) and a ``cProfile`` table of where it goes.
+so that no call waits on the device; then with the GPU idle at each call, and back to back with
+one sync at the end) and a ``cProfile`` table of where it goes. With ``--gaps``: the GPU
+timeline of fwd+bwd in do_bench's loop, each kernel with the idle time before it.
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def _host_time(torch, name: str, causal: bool, fn, calls: int = 100) -> None:
 
 def _gaps(torch, causal: bool, fn, iters: int = 12) -> None:
     """fn in do_bench's loop (zero a 256 MB buffer, fn) under torch.profiler; prints the last
-    two iterations' kernels with the idle time before each, and the busy share of the span."""
+    three iterations' span and kernel time, then each kernel with the idle time before it."""
     import json
     import tempfile
 
@@ -134,7 +136,8 @@ def _gaps(torch, causal: bool, fn, iters: int = 12) -> None:
         torch.cuda.synchronize()
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         prof.export_chrome_trace(f.name)
-        trace = json.load(open(f.name))
+        with open(f.name) as g:
+            trace = json.load(g)
     ks = sorted((e for e in trace["traceEvents"] if e.get("cat") == "kernel"),
                 key=lambda e: e["ts"])
     zeros = [i for i, e in enumerate(ks) if "elementwise" in e["name"].lower()

@@ -197,7 +197,7 @@ def test_forward_schedule(monkeypatch, B, S, H, causal, grid, pairs):
     kernel = _RecordingLaunch()
     monkeypatch.setattr(hopper, "_flash_attn_fwd_ws_kernel", kernel)
     monkeypatch.setattr(hopper, "_desc", lambda t, rows, dtype: None)
-    monkeypatch.setattr(hopper, "_num_sms", lambda device: 132)
+    monkeypatch.setattr(hopper, "num_sms", lambda device: 132)
     q = torch.zeros(B, S, H, 128, dtype=torch.bfloat16)
     hopper.flash_attn_fwd_ws(q, q, q, softmax_scale=0.1, causal=causal)
     assert [(g, kw["PAIRS"]) for g, kw in kernel.calls] == [(grid, pairs)]

@@ -47,6 +47,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from tritium.kernels.paged_attention import num_sms
+
 LOG2E = 1.4426950408889634
 # The TMA load was renamed between Triton 3.6 (async_copy_global_to_shared) and 3.9 (async_load,
 # the old name now raises); same arguments (descriptor, coordinates, mbarrier, destination).
@@ -350,11 +352,6 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
 
 
 @functools.cache
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-@functools.cache
 def _smem_layout(rows: int, D: int, gl_dtype):
     # ~11 us to build (measured on the dev CPU), on every call otherwise: 3 per forward.
     return gl.NVMMASharedLayout.get_default_for([rows, D], gl_dtype)
@@ -395,7 +392,7 @@ def flash_attn_fwd_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         persistent = pairs or not causal
     programs = items // 2 if pairs else items
     if persistent:
-        programs = min(programs, _num_sms(q.device))
+        programs = min(programs, num_sms(q.device))
     _flash_attn_fwd_ws_kernel[(programs,)](
         _desc(q, 64, gl_dtype), _desc(k, block_n, gl_dtype), _desc(v, block_n, gl_dtype),
         out, lse, Sq, Sk, Hq, Hq // Hk, B * Hq, softmax_scale * LOG2E,
