@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from tritium.engine.config import EngineConfig
+from tritium.engine.cpu_malloc import keep_freed_memory
 from tritium.engine.cuda_graphs import DecodeGraphRunner
 from tritium.engine.logprobs import TokenLogprobs, compute_prompt_logprobs
 from tritium.engine.sampler import Sampler, SamplingMetadata
@@ -215,6 +216,8 @@ class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory()  # process-wide; see engine/cpu_malloc.py
         self.model, self.tokenizer, self.model_config = load_model(
             config.model, device=self.device, dtype=self.dtype, tokenizer=config.tokenizer
         )

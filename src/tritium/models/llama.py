@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tritium.layers.attention import Attention
-from tritium.layers.linear import Linear
+from tritium.layers.linear import Linear, linear
 from tritium.layers.mlp import GatedMLP
 from tritium.layers.norm import RMSNorm
 from tritium.layers.rotary import RotaryEmbedding
@@ -255,7 +255,7 @@ def _cuda_mm_has_out_dtype() -> bool:
 def _linear_fp32_out(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """x (N, K) @ w (V, K)^T -> (N, V) float32."""
     if x.dtype == torch.float32 and w.dtype == torch.float32:
-        return F.linear(x, w)
+        return linear(x, w)
     if x.is_cuda and x.dim() == 2 and _cuda_mm_has_out_dtype():
         return torch.mm(x, w.t(), out_dtype=torch.float32)
     # CPU half precision (not the default there): one fp32 copy of the weight per call.
