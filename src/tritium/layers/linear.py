@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # On the CPU, fp32 products with at most this many rows take the transposed form (linear()).
 CPU_FEW_ROWS = 8
 
