@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from tritium.layers.linear import CPU_FEW_ROWS, Linear, linear
 
 
-@pytest.mark.parametrize("lead", [(1,), (2,), (5,), (CPU_FEW_ROWS,), (CPU_FEW_ROWS + 1,), (3, 2),
-                                  (1, 1, 1), (0,), (40,)])
+@pytest.mark.parametrize("lead", [(1,), (2,), (5,), (8,), (9,), (3, 5), (40,), (1, 1, 1), (0,),
+                                  (CPU_FEW_ROWS,), (CPU_FEW_ROWS + 1,)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_linear_matches_f_linear(lead, bias):
     g = torch.Generator().manual_seed(0)

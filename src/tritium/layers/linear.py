@@ -8,26 +8,29 @@ import torch.nn.functional as F
 from torch import nn
 
 # On the CPU, fp32 products with at most this many rows take the transposed form (linear()).
-CPU_FEW_ROWS = 8
+CPU_FEW_ROWS = 128
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear(x, weight, bias)``, with a faster form for a few fp32 rows on the CPU.
+    """``F.linear(x, weight, bias)``, with a faster form for few fp32 rows on the CPU.
 
-    There (MKL, 2 threads, SmolLM2's layer shapes; docs/perf-notes.md "Few-row products on the
-    CPU") ``x @ W^T`` with 2-8 rows streams the weight at a third to a half of the speed of the
-    transposed product ``W @ x^T``, and one row (gemv) is slower still; so those calls compute
-    ``(W @ x^T)^T``, one row padded with a zero row to two. The result is the same product
-    summed in another order: equal to F.linear to rounding, not bit for bit. Decode steps of
-    small batches are made of these products.
+    There (MKL, 2 threads, SmolLM2's layer shapes; docs/perf-notes.md "CPU engine: few-row
+    products and malloc") ``x @ W^T`` with 1-128 rows is slower than the transposed product
+    ``W @ x^T``: 1.5-2.4x at 2-8 rows (one row, a gemv, slower still), 1.05-1.8x at 9-128 rows
+    once the row count is padded to a multiple of 8 (MKL's kernels block the small side by 8;
+    unpadded odd counts are often slower than F.linear). So those calls compute
+    ``(W @ x^T)^T`` on zero-padded rows: one row padded to two, 9-128 rows to a multiple of 8.
+    The same product summed in another order: equal to F.linear to rounding, not bit for bit.
+    Decode steps are made of these products.
     """
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
             or not 0 < rows <= CPU_FEW_ROWS or weight.dim() != 2):
         return F.linear(x, weight, bias)
     x2 = x.reshape(rows, x.shape[-1])
-    if rows == 1:
-        x2 = F.pad(x2, (0, 0, 0, 1))
+    pad = 1 if rows == 1 else (-rows % 8 if rows > 8 else 0)
+    if pad:
+        x2 = F.pad(x2, (0, 0, 0, pad))
     y = torch.mm(weight, x2.t()).t()[:rows].contiguous()
     if bias is not None:
         y = y + bias
