@@ -71,19 +71,11 @@ def check(name, dtype, q, k, v, api, ref, dlse=False, **kw):
     inf_ok = bool(torch.equal(torch.isinf(lse), torch.isinf(r_lse)))
     errs = dict(out=rel(out, r_out), lse=rel(lse, r_lse), dq=rel(got[0], want[0]),
                 dk=rel(got[1], want[1]), dv=rel(got[2], want[2]))
-    # The same call again: kernels now launch through kernels/launch_cache.py's direct path
-    # (the first call went through Triton's binding). The forward must repeat bit for bit; the
-    # gradients are checked against the reference again (dQ may be summed by atomics).
-    out2, lse2 = api(*leaves, return_lse=True, **kw)
-    got2 = _grads(out2, lse2, leaves, dout, g_lse)
-    repeat_ok = bool(torch.equal(out2, out) and torch.equal(lse2, lse))
-    errs.update(dq_again=rel(got2[0], want[0]), dk_again=rel(got2[1], want[1]),
-                dv_again=rel(got2[2], want[2]))
     limit = 2e-2 if dtype == torch.bfloat16 else 5e-3  # bf16 eps 7.8e-3, fp16 eps 9.8e-4
-    ok = inf_ok and repeat_ok and all(e < limit for e in errs.values()) and all(
-        torch.isfinite(g).all().item() for g in got + got2)
+    ok = inf_ok and all(e < limit for e in errs.values()) and all(
+        torch.isfinite(g).all().item() for g in got)
     RESULTS["correctness"].append(dict(name=name, dtype=str(dtype), ok=ok, limit=limit,
-                                       inf_pattern_ok=inf_ok, repeat_equal=repeat_ok, **errs))
+                                       inf_pattern_ok=inf_ok, **errs))
     log(f"{'ok  ' if ok else 'FAIL'} {name:44s} {str(dtype):15s} " +
         " ".join(f"{k_}={v_:.1e}" for k_, v_ in errs.items()))
 

@@ -49,7 +49,6 @@ from tritium.kernels.flash_attn import (
     head_dim_padded,
     launch_schedule,
 )
-from tritium.kernels.launch_cache import launch
 
 
 @triton.jit
@@ -683,12 +682,11 @@ def flash_attn_bwd(
         else [lse, 0, 0, 0]
     delta, lse2 = torch.empty_like(lse), torch.empty_like(lse)
     pre_bm = 64 if not _interpreting() else 16
-    launch(
-        _bwd_preprocess_kernel, (triton.cdiv(seqlen_q, pre_bm), batch * Hq),
-        (o4, do4, lse, dlse if dlse is not None else lse, delta, lse2, acc_args[0], cu_q,
-         o4.stride(0), o4.stride(1), o4.stride(2), do4.stride(0), do4.stride(1), do4.stride(2),
-         *lse_strides, *acc_args[1:], seqlen_q, Hq),
-        dict(BLOCK_M=pre_bm, HAS_DLSE=dlse is not None, ZERO_DQ=not deterministic, **flags))
+    _bwd_preprocess_kernel[(triton.cdiv(seqlen_q, pre_bm), batch * Hq)](
+        o4, do4, lse, dlse if dlse is not None else lse, delta, lse2, acc_args[0], cu_q,
+        o4.stride(0), o4.stride(1), o4.stride(2), do4.stride(0), do4.stride(1), do4.stride(2),
+        *lse_strides, *acc_args[1:], seqlen_q, Hq, BLOCK_M=pre_bm, HAS_DLSE=dlse is not None,
+        ZERO_DQ=not deterministic, **flags)
 
     band = dict(softmax_scale=softmax_scale, softcap=softcap if softcap > 0 else 1.0,
                 window_left=window_left or 0, window_right=0 if causal else (window_right or 0))

@@ -47,7 +47,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from tritium.kernels.launch_cache import launch
 from tritium.kernels.paged_attention import num_sms
 
 LOG2E = 1.4426950408889634
@@ -394,12 +393,11 @@ def flash_attn_fwd_ws(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     programs = items // 2 if pairs else items
     if persistent:
         programs = min(programs, num_sms(q.device))
-    launch(
-        _flash_attn_fwd_ws_kernel, (programs,),
-        (_desc(q, 64, gl_dtype), _desc(k, block_n, gl_dtype), _desc(v, block_n, gl_dtype),
-         out, lse, Sq, Sk, Hq, Hq // Hk, B * Hq, softmax_scale * LOG2E),
-        dict(BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, CAUSAL=causal, INTRA=intra,
-             PAIRS=pairs), num_warps=4,
+    _flash_attn_fwd_ws_kernel[(programs,)](
+        _desc(q, 64, gl_dtype), _desc(k, block_n, gl_dtype), _desc(v, block_n, gl_dtype),
+        out, lse, Sq, Sk, Hq, Hq // Hk, B * Hq, softmax_scale * LOG2E,
+        BLOCK_N=block_n, HEAD_DIM=D, STAGES=stages, CAUSAL=causal, INTRA=intra,
+        PAIRS=pairs, num_warps=4,
     )
     return out, lse
 

@@ -52,7 +52,6 @@ from tritium.kernels.flash_attn_hopper_bwd import (
     _store_dkdv,
     supported,
 )
-from tritium.kernels.launch_cache import launch
 
 # A barrier over the calling partition's warps: ``thread_barrier`` in 3.6, ``barrier`` in 3.9.
 _wg_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
@@ -248,12 +247,12 @@ def flash_attn_bwd_fused_ws(q, k, v, dout, lse2, delta, dq_acc, *, softmax_scale
     gl_dtype = gl.float16 if q.dtype == torch.float16 else gl.bfloat16
     dk = torch.empty((B, Sk, Hk, D), dtype=k.dtype, device=k.device)
     dv = torch.empty((B, Sk, Hk, D), dtype=v.dtype, device=v.device)
-    launch(
-        _flash_attn_bwd_fused_ws_kernel, (Sk // 128, B * Hk),
-        (_desc(q, 64, gl_dtype), _desc(k, 64, gl_dtype), _desc(v, 64, gl_dtype),
-         _desc(dout, 64, gl_dtype), _stats_desc(lse2, 64), _stats_desc(delta, 64),
-         _dq_desc(dq_acc), dk, dv, Sq, Sk, Hk, Hq // Hk, softmax_scale * LOG2E, softmax_scale),
-        dict(BLOCK_M=64, HEAD_DIM=D, STAGES=stages or STAGES, CAUSAL=causal), num_warps=4,
+    _flash_attn_bwd_fused_ws_kernel[(Sk // 128, B * Hk)](
+        _desc(q, 64, gl_dtype), _desc(k, 64, gl_dtype), _desc(v, 64, gl_dtype),
+        _desc(dout, 64, gl_dtype), _stats_desc(lse2, 64), _stats_desc(delta, 64),
+        _dq_desc(dq_acc), dk, dv, Sq, Sk, Hk, Hq // Hk,
+        softmax_scale * LOG2E, softmax_scale, BLOCK_M=64, HEAD_DIM=D,
+        STAGES=stages or STAGES, CAUSAL=causal, num_warps=4,
     )
     return dk, dv
 
