@@ -669,7 +669,9 @@ def flash_attn_bwd(
     config = config or bwd_config(D, _interpreting(), deterministic)
     dq4, dk4, dv4 = (as_batched(t, varlen) for t in (dq, dk, dv))
     lse_strides = _lse_strides(varlen, lse)
-    dummy = torch.zeros(1, dtype=torch.int32, device=q.device)
+    # placeholder for pointers the constexpr flags leave unread (cu_seqlens, tile orders): empty,
+    # so that no fill kernel is launched per call
+    dummy = torch.empty(1, dtype=torch.int32, device=q.device)
     cu_q = cu_seqlens_q if varlen else dummy
     cu_k = cu_seqlens_k if varlen else dummy
     flags = dict(HEAD_DIM=D, D_PAD=head_dim_padded(D), IS_VARLEN=varlen)
