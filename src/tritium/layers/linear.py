@@ -23,9 +23,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     The same product summed in another order: equal to F.linear to rounding, not bit for bit.
     Decode steps are made of these products.
     """
+    if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return F.linear(x, weight, bias)  # GPU and half precision: nothing else to look at
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if (x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
-            or not 0 < rows <= CPU_FEW_ROWS or weight.dim() != 2):
+    if not 0 < rows <= CPU_FEW_ROWS or weight.dim() != 2:
         return F.linear(x, weight, bias)
     x2 = x.reshape(rows, x.shape[-1])
     pad = 1 if rows == 1 else (-rows % 8 if rows > 8 else 0)
