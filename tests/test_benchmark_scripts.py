@@ -112,3 +112,16 @@ def test_attn_fwd_probe_variants_smoke(tmp_path):
         assert {"plain", "pipe"} <= names, names
         # fp16 outputs of the same math, different summation order: within fp16 rounding
         assert all(e <= 2e-3 for e in r["err"].values()), r["err"]
+
+
+def test_cpu_linear_rows_script(tmp_path):
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "cpu_linear_rows.py"),
+                           "--rows", "1", "9", "--layers", "1", "--repeats", "1",
+                           "--threads", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [r["rows"] for r in rows] == [1, 9]
+    assert all(r[f"{p}_{n}_ms"] > 0 for r in rows for p in ("layers", "head")
+               for n in ("F.linear", "tritium"))

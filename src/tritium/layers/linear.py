@@ -8,20 +8,20 @@ import torch.nn.functional as F
 from torch import nn
 
 # On the CPU, fp32 products with at most this many rows take the transposed form (linear()).
-CPU_FEW_ROWS = 128
+CPU_FEW_ROWS = 32
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, with a faster form for few fp32 rows on the CPU.
 
-    There (MKL, 2 threads, SmolLM2's layer shapes; docs/perf-notes.md "CPU engine: few-row
-    products and malloc") ``x @ W^T`` with 1-128 rows is slower than the transposed product
-    ``W @ x^T``: 1.5-2.4x at 2-8 rows (one row, a gemv, slower still), 1.05-1.8x at 9-128 rows
-    once the row count is padded to a multiple of 8 (MKL's kernels block the small side by 8;
-    unpadded odd counts are often slower than F.linear). So those calls compute
-    ``(W @ x^T)^T`` on zero-padded rows: one row padded to two, 9-128 rows to a multiple of 8.
-    The same product summed in another order: equal to F.linear to rounding, not bit for bit.
-    Decode steps are made of these products.
+    There (MKL, 2 threads, SmolLM2's shapes; ``benchmarks/cpu_linear_rows.py``, figures in
+    docs/benchmarks.md) ``x @ W^T`` with a few rows is slower than the transposed product
+    ``W @ x^T``: 1.3-3.5x over the layer products at 1-4 rows (one row, a gemv, padded to two),
+    1.05-1.2x at 8, and 1.0-6.7x for the 49k-row LM head up to 24 rows. From 9 rows the layer
+    products are even to within the run-to-run spread (padded to a multiple of 8: MKL blocks
+    the small side by 8, and odd counts lose), and past 32 rows the LM head is 4-11% slower,
+    hence the threshold. Equal to F.linear to rounding (another summation order), not bit for
+    bit.
     """
     if x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32:
         return F.linear(x, weight, bias)  # GPU and half precision: nothing else to look at
@@ -29,7 +29,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if not 0 < rows <= CPU_FEW_ROWS or weight.dim() != 2:
         return F.linear(x, weight, bias)
     x2 = x.reshape(rows, x.shape[-1])
-    pad = 1 if rows == 1 else (-rows % 8 if rows > 8 else 0)
+    pad = 1 if rows == 1 else (-rows % 8 if rows > 8 else 0)  # 9-32 rows: a multiple of 8
     if pad:
         x2 = F.pad(x2, (0, 0, 0, pad))
     y = torch.mm(weight, x2.t()).t()[:rows].contiguous()
