@@ -19,7 +19,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     ``W @ x^T``: 1.3-3.5x over the layer products at 1-4 rows (one row, a gemv, padded to two),
     1.05-1.2x at 8, and 1.0-6.7x for the 49k-row LM head up to 24 rows. From 9 rows the layer
     products are even to within the run-to-run spread (padded to a multiple of 8: MKL blocks
-    the small side by 8, and odd counts lose), and past 32 rows the LM head is 4-11% slower,
+    the small side by 8, and odd counts lose), and from 64 rows the LM head is 5-11% slower,
     hence the threshold. Equal to F.linear to rounding (another summation order), not bit for
     bit.
     """
